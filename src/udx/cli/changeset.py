@@ -1,0 +1,33 @@
+"""`udx changeset`: what the next pass would do, computed without writing."""
+
+from __future__ import annotations
+
+import typer
+
+from udx.cli.common import print_json, print_table, state, table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("changeset")(changeset)
+
+
+def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show the changeset (read-only: records whose resource is gone are shown as
+    they would be marked, nothing is written)."""
+    from udx.cli.render import export_rows
+    from udx.datastore import changeset as cs
+
+    db = state().database()
+    with db.connect() as conn:
+        result = cs.preview(conn)
+    if as_json:
+        print_json(result.to_json(include_would_mark=True))
+        return
+    t = table("resource type", "resource id", title="request required")
+    for ref in result.request_required:
+        t.add_row(ref.resource_type.value, str(ref.resource_id))
+    print_table(t, f"request required ({len(result.request_required)})")
+    export_rows(result.create_required, f"create required ({len(result.create_required)})")
+    export_rows(result.delete_required, f"delete required ({len(result.delete_required)})")
+    if result.would_mark:
+        export_rows(result.would_mark, f"would be marked for deletion ({len(result.would_mark)})")

@@ -1,0 +1,120 @@
+"""State shared by every command: global options, settings, output helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from udx.domain.errors import BadInput
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from udx.config import Settings
+    from udx.db.engine import Database
+
+
+@dataclass
+class AppState:
+    db_url: str | None = None
+    config_path: str | None = None
+    verbose: bool = False
+    log_format: str = "human"
+    _settings: Settings | None = None
+    _databases: list[Database] = field(default_factory=list)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from udx.config import load_settings
+
+            self._settings = load_settings(self.config_path, database_url=self.db_url)
+        return self._settings
+
+    def database(self, *, require_schema: bool = True) -> Database:
+        """Open the configured database; by default check the schema is current."""
+        from udx.db import migrate
+        from udx.db.engine import open_database
+
+        s = self.settings()
+        db = open_database(s.database_url, isolation=s.database.isolation.upper())
+        self._databases.append(db)
+        if require_schema:
+            migrate.require_current(db)
+        return db
+
+    def close(self) -> None:
+        for db in self._databases:
+            db.dispose()
+        self._databases.clear()
+
+
+STATE = AppState()
+
+
+def state() -> AppState:
+    return STATE
+
+
+def stdout_console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    """A Rich table: boxed on a terminal, plain aligned columns when piped."""
+    from rich import box
+    from rich.table import Table
+
+    tty = is_terminal()
+    t = Table(
+        title=title if tty else None,
+        box=box.ROUNDED if tty else None,
+        show_edge=tty,
+        header_style="bold" if tty else "",
+        pad_edge=False,
+    )
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
+
+
+def print_table(t: Table, title: str | None = None) -> None:
+    console = stdout_console()
+    if title and not is_terminal():
+        console.print(title)
+    console.print(t)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def confirm(prompt: str, yes: bool) -> None:
+    """Ask before a destructive action; refuse without a terminal unless --yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise BadInput(f"{prompt}: refusing without a terminal to confirm on; pass --yes")
+    if not typer.confirm(prompt + "?", default=False):
+        raise typer.Abort()
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,78 @@
+"""`udx export`: list, show, create and delete export records."""
+
+from __future__ import annotations
+
+import typer
+
+from udx.cli.common import print_json, print_table, state, stdout_console, table
+
+app = typer.Typer(help="List, show, create and delete user data export records.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_(
+    states: list[str] = typer.Option([], "--state", help="Only these states (repeatable)."),
+    resource_type: str | None = typer.Option(None, "--resource-type", help="snapshot or image."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List export records."""
+    from udx.cli.render import export_rows
+    from udx.datastore import exports
+    from udx.domain.model import ExportState, ResourceType
+
+    wanted = [ExportState.parse(s) for s in states]
+    kind = ResourceType.parse(resource_type) if resource_type else None
+    db = state().database()
+    with db.connect() as conn:
+        records = exports.list_exports(conn, states=wanted, resource_type=kind)
+    if as_json:
+        print_json([r.to_json() for r in records])
+        return
+    export_rows(records, f"export records ({len(records)})")
+
+
+@app.command("show")
+def show(
+    export_id: str | None = typer.Argument(None, help="Export record id."),
+    resource_type: str | None = typer.Option(None, "--resource-type", help="snapshot or image."),
+    resource_id: str | None = typer.Option(None, "--resource-id", help="The resource's UUID."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show one export record, by id or by resource (with its earlier records)."""
+    from udx.datastore import exports
+    from udx.domain.errors import BadInput, NotFound
+    from udx.domain.model import ResourceType, parse_uuid
+
+    by_resource = resource_type is not None or resource_id is not None
+    if (export_id is None) == (not by_resource):
+        raise BadInput("give either an export ID or --resource-type and --resource-id")
+    db = state().database()
+    with db.connect() as conn:
+        if export_id is not None:
+            rec = exports.get_required(conn, parse_uuid(export_id, "export id"))
+            history = [rec]
+        else:
+            if resource_type is None or resource_id is None:
+                raise BadInput("--resource-type and --resource-id go together")
+            kind = ResourceType.parse(resource_type)
+            rid = parse_uuid(resource_id, "resource id")
+            history = exports.all_for_resource(conn, kind, rid)
+            if not history:
+                raise NotFound(f"no export record for {kind.value} {rid}")
+            current = [r for r in history if r.state.value != "deleted"]
+            rec = current[0] if current else history[-1]
+    if as_json:
+        out = rec.to_json()
+        if by_resource:
+            out["history"] = [r.to_json() for r in history if r.id != rec.id]
+        print_json(out)
+        return
+    t = table("field", "value", title=f"export {rec.id}")
+    for key, value in rec.to_json().items():
+        t.add_row(key, "-" if value is None else str(value))
+    print_table(t, f"export {rec.id}")
+    others = [r for r in history if r.id != rec.id]
+    if others:
+        stdout_console().print(f"{len(others)} earlier record(s) for this resource:")
+        for r in others:
+            stdout_console().print(f"  {r.id}  {r.state.value}  generation {r.generation}")

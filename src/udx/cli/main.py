@@ -1,0 +1,137 @@
+"""The `udx` program: global options, error reporting, and the command groups."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from udx.cli import changeset as changeset_cmd
+from udx.cli import config as config_cmd
+from udx.cli import db as db_cmd
+from udx.cli import export as export_cmd
+from udx.cli.common import STATE
+from udx.domain.errors import EXIT_FAILED, UdxError
+
+try:  # typer >= 0.24 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException  # type: ignore[no-redef,import-not-found]
+
+
+def _error_line(message: str) -> None:
+    from udx.db.urls import mask_url
+
+    sys.stderr.write(f"udx: error: {mask_url(message)}\n")
+    sys.stderr.flush()
+
+
+class UdxGroup(TyperGroup):
+    """Turns every failure into one line on stderr and the documented exit code.
+
+    With -v the traceback follows the line. Usage errors are exit 2 as in click.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        except ClickException as err:
+            _error_line(err.format_message())
+            code = err.exit_code
+        except typer.Abort:
+            sys.stderr.write("udx: aborted\n")
+            code = EXIT_FAILED
+        except UdxError as err:
+            if STATE.verbose:
+                traceback.print_exc()
+            _error_line(str(err))
+            code = err.exit_code
+        except KeyboardInterrupt:
+            sys.stderr.write("udx: interrupted\n")
+            code = 130
+        except Exception as err:  # the last resort: still one line, still an exit code
+            translated = _translate(err)
+            if STATE.verbose:
+                traceback.print_exc()
+            if isinstance(translated, UdxError):
+                _error_line(str(translated))
+                code = translated.exit_code
+            else:
+                _error_line(f"internal error: {type(err).__name__}: {err} (run with -v for details)")
+                code = EXIT_FAILED
+        finally:
+            STATE.close()
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _translate(err: Exception) -> Exception:
+    """Driver errors that escaped a Database helper: connection problems are exit 3."""
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy import exc
+
+        if isinstance(err, exc.DBAPIError):
+            from udx.db.engine import is_connection_error
+            from udx.domain.errors import DatabaseUnavailable
+
+            if is_connection_error(err):
+                detail = str(getattr(err, "orig", err)).strip().splitlines()[0]
+                return DatabaseUnavailable(f"cannot reach the database: {detail}")
+    return err
+
+
+app = typer.Typer(
+    cls=UdxGroup,
+    name="udx",
+    help="Keep a Pantry-attached user data export for every live snapshot and image.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def main(
+    db: str | None = typer.Option(
+        None, "--db", envvar="UDX_DATABASE_URL", help="Database URL (default: the embedded SQLite file).",
+        show_envvar=True,
+    ),
+    config: str | None = typer.Option(
+        None, "--config", envvar="UDX_CONFIG", help="Config file (TOML).", show_envvar=True
+    ),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logs and tracebacks."),
+    log_format: str = typer.Option(
+        "human", "--log-format", help="Log format on stderr: human or json (for cron)."
+    ),
+) -> None:
+    STATE.db_url = db
+    STATE.config_path = config
+    STATE.verbose = verbose
+    STATE._settings = None
+    if log_format not in ("human", "json"):
+        raise typer.BadParameter(f"--log-format must be human or json, not {log_format!r}")
+    STATE.log_format = log_format
+    from udx.logs import setup_logging
+
+    setup_logging(verbose=verbose, fmt=log_format)
+
+
+app.add_typer(db_cmd.app, name="db")
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(export_cmd.app, name="export")
+changeset_cmd.register(app)
+
+
+def run() -> None:
+    app(prog_name="udx")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

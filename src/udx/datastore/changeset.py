@@ -1,0 +1,78 @@
+"""The changeset (DESIGN.md section 4), in its mutating and read-only forms.
+
+Both are set-based: a fixed number of statements whatever the row counts.
+Mutating: one UPDATE (mark records whose resource is gone), then three SELECTs.
+Read-only: four SELECTs; the marking predicate is applied in the queries instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, ColumnElement, Select, exists, literal, not_, select, union_all
+from sqlalchemy import update as sql_update
+
+from udx.datastore.exports import resource_gone, row_to_export
+from udx.db.schema import image, snapshot, user_data_export
+from udx.domain.model import Changeset, ExportState, ResourceRef, ResourceType, UserDataExport
+
+t = user_data_export
+_NOT_DELETED = t.c.state != ExportState.DELETED.value
+_MARKED = t.c.resource_deleted.is_(True)
+_UNMARKED = t.c.resource_deleted.is_(False)
+_REQUESTED = t.c.state == ExportState.REQUESTED.value
+
+
+def _missing_records(kind: ResourceType) -> Select[Any]:
+    """Live resources of one kind with no non-deleted record (an anti-join)."""
+    tbl = snapshot if kind is ResourceType.SNAPSHOT else image
+    has_record = exists().where(
+        t.c.resource_id == tbl.c.id, t.c.resource_type == kind.value, _NOT_DELETED
+    )
+    return select(
+        literal(kind.value).label("resource_type"), tbl.c.id.label("resource_id")
+    ).where(tbl.c.time_deleted.is_(None), not_(has_record))
+
+
+def request_required(conn: Connection) -> list[ResourceRef]:
+    q = union_all(
+        _missing_records(ResourceType.SNAPSHOT), _missing_records(ResourceType.IMAGE)
+    ).order_by("resource_type", "resource_id")
+    return [ResourceRef(ResourceType(kind), rid) for kind, rid in conn.execute(q)]
+
+
+def _records(conn: Connection, *where: ColumnElement[bool]) -> list[UserDataExport]:
+    return [row_to_export(r) for r in conn.execute(select(t).where(*where).order_by(t.c.id))]
+
+
+def compute(conn: Connection) -> Changeset:
+    """The mutating form the coordinator uses. Call inside a transaction.
+
+    Marks first, then reads delete_required, then create_required: a record just
+    marked must not be created.
+    """
+    conn.execute(
+        sql_update(t).where(_UNMARKED, _NOT_DELETED, resource_gone()).values(resource_deleted=True)
+    )
+    delete_required = _records(conn, _MARKED, _NOT_DELETED)
+    create_required = _records(conn, _REQUESTED, _UNMARKED)
+    return Changeset(
+        request_required=request_required(conn),
+        create_required=create_required,
+        delete_required=delete_required,
+    )
+
+
+def preview(conn: Connection) -> Changeset:
+    """The read-only form: what `compute` would return, writing nothing, plus
+    `would_mark`, the records whose marking `compute` would change."""
+    gone = resource_gone()
+    would_mark = _records(conn, _UNMARKED, _NOT_DELETED, gone)
+    delete_required = _records(conn, _NOT_DELETED, _MARKED | gone)
+    create_required = _records(conn, _REQUESTED, _UNMARKED, not_(gone))
+    return Changeset(
+        request_required=request_required(conn),
+        create_required=create_required,
+        delete_required=delete_required,
+        would_mark=would_mark,
+    )

@@ -1,0 +1,434 @@
+"""The `user_data_export` table: records, lookups, and the state machine.
+
+Every transition is one conditional UPDATE that checks the starting state and
+the lock fields. When it matches no row, the row is re-read: if it already holds
+what this call would have written the call succeeds (it is idempotent, so a saga
+action may run twice); otherwise it fails with a Conflict naming the row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, ColumnElement, and_, exists, not_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from udx.db.schema import image, snapshot, user_data_export
+from udx.domain.address import PantryAddress
+from udx.domain.errors import Conflict, NotFound
+from udx.domain.model import ExportState, ResourceType, UserDataExport
+
+t = user_data_export
+
+S = ExportState
+
+
+def row_to_export(row: Any) -> UserDataExport:
+    m = row._mapping
+    return UserDataExport(
+        id=m["id"],
+        state=ExportState(m["state"]),
+        operating_saga_id=m["operating_saga_id"],
+        generation=int(m["generation"]),
+        resource_id=m["resource_id"],
+        resource_type=ResourceType(m["resource_type"]),
+        resource_deleted=bool(m["resource_deleted"]),
+        pantry_ip=m["pantry_ip"],
+        pantry_port=m["pantry_port"],
+        volume_id=m["volume_id"],
+    )
+
+
+# --- lookups -------------------------------------------------------------------------
+
+
+def get(conn: Connection, export_id: uuid.UUID) -> UserDataExport | None:
+    row = conn.execute(select(t).where(t.c.id == export_id)).first()
+    return row_to_export(row) if row else None
+
+
+def get_required(conn: Connection, export_id: uuid.UUID) -> UserDataExport:
+    rec = get(conn, export_id)
+    if rec is None:
+        raise NotFound(f"no export record with id {export_id}")
+    return rec
+
+
+def by_volume(conn: Connection, volume_id: uuid.UUID) -> UserDataExport | None:
+    row = conn.execute(
+        select(t).where(t.c.volume_id == volume_id).order_by(t.c.state == "deleted")
+    ).first()
+    return row_to_export(row) if row else None
+
+
+def by_resource(
+    conn: Connection, resource_type: ResourceType, resource_id: uuid.UUID
+) -> UserDataExport | None:
+    """The non-deleted record of a resource, if any (there is at most one)."""
+    row = conn.execute(
+        select(t).where(
+            t.c.resource_type == resource_type.value,
+            t.c.resource_id == resource_id,
+            t.c.state != S.DELETED.value,
+        )
+    ).first()
+    return row_to_export(row) if row else None
+
+
+def all_for_resource(
+    conn: Connection, resource_type: ResourceType, resource_id: uuid.UUID
+) -> list[UserDataExport]:
+    rows = conn.execute(
+        select(t)
+        .where(t.c.resource_type == resource_type.value, t.c.resource_id == resource_id)
+        .order_by(t.c.generation, t.c.id)
+    )
+    return [row_to_export(r) for r in rows]
+
+
+def list_exports(
+    conn: Connection,
+    *,
+    states: Sequence[ExportState] = (),
+    resource_type: ResourceType | None = None,
+    limit: int | None = None,
+) -> list[UserDataExport]:
+    q = select(t).order_by(t.c.resource_type, t.c.resource_id, t.c.id)
+    if states:
+        q = q.where(t.c.state.in_([s.value for s in states]))
+    if resource_type is not None:
+        q = q.where(t.c.resource_type == resource_type.value)
+    if limit is not None:
+        q = q.limit(limit)
+    return [row_to_export(r) for r in conn.execute(q)]
+
+
+def count_by_state(conn: Connection) -> dict[ExportState, int]:
+    from sqlalchemy import func
+
+    rows = conn.execute(select(t.c.state, func.count()).group_by(t.c.state))
+    counts = {s: 0 for s in ExportState}
+    for state, n in rows:
+        counts[ExportState(state)] = int(n)
+    return counts
+
+
+# --- creation --------------------------------------------------------------------------
+
+
+def _resource_table(resource_type: ResourceType) -> Any:
+    return snapshot if resource_type is ResourceType.SNAPSHOT else image
+
+
+def create(
+    conn: Connection,
+    export_id: uuid.UUID,
+    resource_type: ResourceType,
+    resource_id: uuid.UUID,
+) -> UserDataExport:
+    """Create a record in Requested for a live resource (DESIGN.md section 3).
+
+    Call inside a transaction. If a record with `export_id` exists it is returned
+    unchanged (so a retried call is harmless). NotFound when the resource does not
+    exist or is soft-deleted; Conflict when it already has a non-deleted record.
+    """
+    existing = get(conn, export_id)
+    if existing is not None:
+        return existing
+    res = _resource_table(resource_type)
+    live = conn.execute(
+        select(res.c.id).where(res.c.id == resource_id, res.c.time_deleted.is_(None))
+    ).first()
+    if live is None:
+        raise NotFound(f"{resource_type.value} {resource_id} does not exist or is deleted")
+    other = by_resource(conn, resource_type, resource_id)
+    if other is not None:
+        raise Conflict(
+            f"{resource_type.value} {resource_id} already has export record {other.id} "
+            f"in state {other.state.value}"
+        )
+    values = {
+        "id": export_id,
+        "state": S.REQUESTED.value,
+        "operating_saga_id": None,
+        "generation": 0,
+        "resource_id": resource_id,
+        "resource_type": resource_type.value,
+        "resource_deleted": False,
+        "pantry_ip": None,
+        "pantry_port": None,
+        "volume_id": None,
+    }
+    try:
+        with conn.begin_nested():
+            conn.execute(t.insert().values(**values))
+    except IntegrityError:
+        # A concurrent pass inserted a record for this resource between our check
+        # and our insert; the partial unique index refused ours.
+        raise Conflict(
+            f"{resource_type.value} {resource_id} already has a non-deleted export record"
+        ) from None
+    return get_required(conn, export_id)
+
+
+# --- transitions -------------------------------------------------------------------------
+
+
+def _transition(
+    conn: Connection,
+    export_id: uuid.UUID,
+    *,
+    name: str,
+    where: Iterable[ColumnElement[bool]],
+    values: dict[str, Any],
+    already_done: Any,
+) -> UserDataExport:
+    result = conn.execute(update(t).where(t.c.id == export_id, *where).values(**values))
+    row = get(conn, export_id)
+    if row is None:
+        raise NotFound(f"no export record with id {export_id}")
+    if result.rowcount == 1 or already_done(row):
+        return row
+    raise Conflict(
+        f"export {export_id}: cannot {name} (state {row.state.value}, "
+        f"saga {row.operating_saga_id}, generation {row.generation}, "
+        f"resource_deleted {row.resource_deleted})"
+    )
+
+
+def _lock_is(saga_id: uuid.UUID, generation: int) -> list[ColumnElement[bool]]:
+    return [t.c.operating_saga_id == saga_id, t.c.generation == generation]
+
+
+def start_assigning(
+    conn: Connection, export_id: uuid.UUID, saga_id: uuid.UUID, generation: int
+) -> UserDataExport:
+    """requested -> assigning, taking the lock (saga_id, generation)."""
+    return _transition(
+        conn,
+        export_id,
+        name="start assigning",
+        where=[
+            t.c.state == S.REQUESTED.value,
+            t.c.operating_saga_id.is_(None),
+            t.c.generation < generation,
+            t.c.resource_deleted.is_(False),
+        ],
+        values={
+            "state": S.ASSIGNING.value,
+            "operating_saga_id": saga_id,
+            "generation": generation,
+        },
+        already_done=lambda r: (
+            r.state is S.ASSIGNING and r.operating_saga_id == saga_id and r.generation == generation
+        ),
+    )
+
+
+def unassign(
+    conn: Connection, export_id: uuid.UUID, saga_id: uuid.UUID, generation: int
+) -> UserDataExport:
+    """assigning -> requested (the create saga's undo), dropping the lock."""
+    return _transition(
+        conn,
+        export_id,
+        name="undo assigning",
+        where=[t.c.state == S.ASSIGNING.value, *_lock_is(saga_id, generation)],
+        values={"state": S.REQUESTED.value, "operating_saga_id": None},
+        already_done=lambda r: r.generation > generation
+        or (r.state is S.REQUESTED and r.operating_saga_id is None and r.generation == generation),
+    )
+
+
+def set_live(
+    conn: Connection,
+    export_id: uuid.UUID,
+    saga_id: uuid.UUID,
+    generation: int,
+    pantry: PantryAddress,
+    volume_id: uuid.UUID,
+) -> UserDataExport:
+    """assigning -> live, recording where the copy is attached."""
+    return _transition(
+        conn,
+        export_id,
+        name="go live",
+        where=[t.c.state == S.ASSIGNING.value, *_lock_is(saga_id, generation)],
+        values={
+            "state": S.LIVE.value,
+            "operating_saga_id": None,
+            "pantry_ip": pantry.ip_text,
+            "pantry_port": pantry.port,
+            "volume_id": volume_id,
+        },
+        already_done=lambda r: r.generation > generation
+        or (
+            r.state is S.LIVE
+            and r.operating_saga_id is None
+            and r.pantry_address == pantry
+            and r.volume_id == volume_id
+        ),
+    )
+
+
+def start_deleting(
+    conn: Connection, export_id: uuid.UUID, saga_id: uuid.UUID, generation: int
+) -> UserDataExport:
+    """live -> deleting, taking the lock; only for records marked resource_deleted."""
+    return _transition(
+        conn,
+        export_id,
+        name="start deleting",
+        where=[
+            t.c.state == S.LIVE.value,
+            t.c.operating_saga_id.is_(None),
+            t.c.generation < generation,
+            t.c.resource_deleted.is_(True),
+        ],
+        values={
+            "state": S.DELETING.value,
+            "operating_saga_id": saga_id,
+            "generation": generation,
+        },
+        already_done=lambda r: (
+            r.state is S.DELETING and r.operating_saga_id == saga_id and r.generation == generation
+        ),
+    )
+
+
+def undelete(
+    conn: Connection, export_id: uuid.UUID, saga_id: uuid.UUID, generation: int
+) -> UserDataExport:
+    """deleting -> live (the delete saga's undo), dropping the lock."""
+    return _transition(
+        conn,
+        export_id,
+        name="undo deleting",
+        where=[
+            t.c.state == S.DELETING.value,
+            *_lock_is(saga_id, generation),
+            t.c.resource_deleted.is_(True),
+        ],
+        values={"state": S.LIVE.value, "operating_saga_id": None},
+        already_done=lambda r: r.generation > generation
+        or (r.state is S.LIVE and r.operating_saga_id is None and r.generation == generation),
+    )
+
+
+def set_deleted(
+    conn: Connection, export_id: uuid.UUID, saga_id: uuid.UUID, generation: int
+) -> UserDataExport:
+    """deleting -> deleted, the delete saga's last step."""
+    return _transition(
+        conn,
+        export_id,
+        name="finish deleting",
+        where=[
+            t.c.state == S.DELETING.value,
+            *_lock_is(saga_id, generation),
+            t.c.resource_deleted.is_(True),
+        ],
+        values={"state": S.DELETED.value, "operating_saga_id": None},
+        already_done=lambda r: (
+            r.state is S.DELETED and r.operating_saga_id is None and r.generation == generation
+        ),
+    )
+
+
+def bypass_delete(conn: Connection, export_id: uuid.UUID) -> UserDataExport:
+    """requested -> deleted with no saga: nothing was ever attached."""
+    return _transition(
+        conn,
+        export_id,
+        name="bypass to deleted",
+        where=[
+            t.c.state == S.REQUESTED.value,
+            t.c.operating_saga_id.is_(None),
+            t.c.resource_deleted.is_(True),
+        ],
+        values={"state": S.DELETED.value},
+        already_done=lambda r: r.state is S.DELETED,
+    )
+
+
+# --- marking for deletion -----------------------------------------------------------------
+
+
+def mark_for_deletion(conn: Connection, export_id: uuid.UUID) -> bool:
+    """Set resource_deleted on one record. True when this call changed it."""
+    result = conn.execute(
+        update(t)
+        .where(t.c.id == export_id, t.c.resource_deleted.is_(False))
+        .values(resource_deleted=True)
+    )
+    if result.rowcount == 0 and get(conn, export_id) is None:
+        raise NotFound(f"no export record with id {export_id}")
+    return result.rowcount == 1
+
+
+def _on_pantry_outside(addresses: Iterable[PantryAddress]) -> ColumnElement[bool]:
+    """Records whose pantry address is set and is not one of `addresses`."""
+    pairs = sorted({(a.ip_text, a.port) for a in addresses})
+    has_pantry = and_(t.c.pantry_ip.is_not(None), t.c.pantry_port.is_not(None))
+    if not pairs:
+        return has_pantry
+    in_service = or_(*(and_(t.c.pantry_ip == ip, t.c.pantry_port == port) for ip, port in pairs))
+    return and_(has_pantry, not_(in_service))
+
+
+def records_on_expunged_pantries(
+    conn: Connection, in_service: Iterable[PantryAddress], *, only_unmarked: bool = True
+) -> list[UserDataExport]:
+    """What `mark_expunged_pantries` would mark (read only)."""
+    q = select(t).where(_on_pantry_outside(in_service), t.c.state != S.DELETED.value)
+    if only_unmarked:
+        q = q.where(t.c.resource_deleted.is_(False))
+    return [row_to_export(r) for r in conn.execute(q.order_by(t.c.pantry_ip, t.c.pantry_port))]
+
+
+def mark_expunged_pantries(conn: Connection, in_service: Iterable[PantryAddress]) -> int:
+    """Mark every not-yet-marked record on a pantry outside `in_service`.
+
+    One statement; returns how many rows it changed.
+    """
+    result = conn.execute(
+        update(t)
+        .where(
+            _on_pantry_outside(in_service),
+            t.c.resource_deleted.is_(False),
+            t.c.state != S.DELETED.value,
+        )
+        .values(resource_deleted=True)
+    )
+    return int(result.rowcount)
+
+
+def mark_lost(conn: Connection, export_ids: Sequence[uuid.UUID]) -> int:
+    """Mark Live records whose pantry no longer holds their volume. One statement."""
+    if not export_ids:
+        return 0
+    result = conn.execute(
+        update(t)
+        .where(
+            t.c.id.in_(list(export_ids)),
+            t.c.state == S.LIVE.value,
+            t.c.resource_deleted.is_(False),
+        )
+        .values(resource_deleted=True)
+    )
+    return int(result.rowcount)
+
+
+# --- shared predicates for the changeset ------------------------------------------------------
+
+
+def resource_gone() -> ColumnElement[bool]:
+    """True for records whose snapshot or image row is missing or soft-deleted."""
+    snap_live = exists().where(snapshot.c.id == t.c.resource_id, snapshot.c.time_deleted.is_(None))
+    image_live = exists().where(image.c.id == t.c.resource_id, image.c.time_deleted.is_(None))
+    return or_(
+        and_(t.c.resource_type == ResourceType.SNAPSHOT.value, not_(snap_live)),
+        and_(t.c.resource_type == ResourceType.IMAGE.value, not_(image_live)),
+    )

@@ -1,0 +1,51 @@
+"""Snapshots, images, volumes and region snapshots: the rows udx reads but the
+rest of the control plane owns. Here for seeding tests, the demo and staging
+setups, and for the few writes the export sagas make (soft-deleting is not one
+of them: resources are deleted by the control plane, or by `udx db seed`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from udx.db.schema import image, snapshot
+from udx.db.types import utcnow
+from udx.domain.errors import NotFound
+from udx.domain.model import ResourceType
+
+
+def resource_table(kind: ResourceType) -> Any:
+    return snapshot if kind is ResourceType.SNAPSHOT else image
+
+
+def get_resource(conn: Connection, kind: ResourceType, resource_id: uuid.UUID) -> Any | None:
+    tbl = resource_table(kind)
+    return conn.execute(select(tbl).where(tbl.c.id == resource_id)).first()
+
+
+def resource_volume_id(conn: Connection, kind: ResourceType, resource_id: uuid.UUID) -> uuid.UUID:
+    """The volume backing a live snapshot or image."""
+    tbl = resource_table(kind)
+    row = conn.execute(
+        select(tbl.c.volume_id).where(tbl.c.id == resource_id, tbl.c.time_deleted.is_(None))
+    ).first()
+    if row is None:
+        raise NotFound(f"{kind.value} {resource_id} does not exist or is deleted")
+    return uuid.UUID(str(row[0]))
+
+
+def soft_delete(conn: Connection, kind: ResourceType, ids: Sequence[uuid.UUID]) -> int:
+    """Soft-delete resources (as the control plane would). One statement."""
+    if not ids:
+        return 0
+    tbl = resource_table(kind)
+    now = utcnow()
+    result = conn.execute(
+        update(tbl)
+        .where(tbl.c.id.in_(list(ids)), tbl.c.time_deleted.is_(None))
+        .values(time_deleted=now, time_modified=now)
+    )
+    return int(result.rowcount)

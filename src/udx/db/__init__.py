@@ -1,0 +1,1 @@
+"""Database access: column types, the schema, engines, transactions, migrations."""

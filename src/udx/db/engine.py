@@ -1,0 +1,186 @@
+"""Engines and transactions.
+
+`Database` wraps an SQLAlchemy engine with what every caller needs: a transaction
+helper that retries serialization failures (PostgreSQL runs SERIALIZABLE, as the
+CockroachDB deployments upstream always do), errors translated to udx's, and the
+schema version check.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy.engine import make_url
+
+from udx.db.urls import mask_secrets, normalize_url
+from udx.domain.errors import BadInput, DatabaseUnavailable, UdxError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# SQLSTATEs that mean "run the transaction again": serialization failure, deadlock.
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+def _sqlstate(err: BaseException) -> str | None:
+    orig = getattr(err, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_retryable(err: BaseException) -> bool:
+    if _sqlstate(err) in _RETRYABLE_SQLSTATES:
+        return True
+    # SQLite reports a busy database as OperationalError "database is locked".
+    return isinstance(err, exc.OperationalError) and "database is locked" in str(err)
+
+
+def is_connection_error(err: BaseException) -> bool:
+    if isinstance(err, exc.DBAPIError) and err.connection_invalidated:
+        return True
+    state = _sqlstate(err) or ""
+    if state.startswith("08") or state in {"57P01", "57P02", "57P03"}:
+        return True
+    if isinstance(err, exc.OperationalError):
+        text = str(err).lower()
+        return any(
+            s in text
+            for s in (
+                "connection refused",
+                "could not connect",
+                "connection failed",
+                "server closed the connection",
+                "unable to open database",
+                "terminating connection",
+                "no such host",
+                "name or service not known",
+                "connection timeout",
+                "timeout expired",
+            )
+        )
+    return False
+
+
+class Database:
+    """One database: an engine plus udx's transaction discipline."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.dialect = engine.dialect.name
+        self.retry_attempts = 8
+
+    @property
+    def display_url(self) -> str:
+        return mask_secrets(self.url, self.url)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reads (autobegun, rolled back at the end)."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except exc.DBAPIError as err:
+            raise self.translate(err) from err
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction, committed at the end. No retry: see `transaction`."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except exc.DBAPIError as err:
+            raise self.translate(err) from err
+
+    def transaction(self, fn: Callable[[Connection], T], *, name: str = "transaction") -> T:
+        """Run `fn` in one transaction, re-running it on serialization failures.
+
+        `fn` must be safe to run again from the start (it only touches the
+        database through `conn`, which is rolled back before a retry).
+        """
+        delay = 0.005
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except exc.DBAPIError as err:
+                if is_retryable(err) and attempt < self.retry_attempts:
+                    log.debug("%s: retrying after %s (attempt %d)", name, _sqlstate(err), attempt)
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise self.translate(err) from err
+        raise AssertionError("unreachable")
+
+    def translate(self, err: BaseException) -> UdxError | BaseException:
+        """Map a driver error to a udx error (with the password masked)."""
+        if isinstance(err, UdxError):
+            return err
+        if is_connection_error(err):
+            detail = str(getattr(err, "orig", err)).strip().splitlines()[0]
+            return DatabaseUnavailable(
+                f"cannot reach the database {self.display_url}: {mask_secrets(detail, self.url)}"
+            )
+        return err
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    # pysqlite's implicit transactions begin lazily and upgrade read locks to write
+    # locks mid-transaction, which deadlocks concurrent writers. Take control:
+    # every transaction is BEGIN IMMEDIATE, so writers queue on busy_timeout.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_database(url: str, *, isolation: str = "SERIALIZABLE", create_dir: bool = True) -> Database:
+    """Create a `Database` for `url`. Does not connect yet."""
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError:
+        raise BadInput(f"malformed database URL {mask_secrets(url, url)!r}") from None
+    backend = parsed.get_backend_name()
+    kwargs: dict[str, Any] = {"future": True}
+    if backend == "sqlite":
+        db_path = parsed.database
+        if db_path and db_path != ":memory:" and create_dir:
+            Path(db_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    elif backend in ("postgresql", "cockroachdb"):
+        kwargs["isolation_level"] = isolation
+        kwargs["pool_pre_ping"] = True
+        kwargs["connect_args"] = {"connect_timeout": 5}
+        kwargs["pool_size"] = 20
+        kwargs["max_overflow"] = 20
+    else:
+        raise BadInput(
+            f"unsupported database URL scheme {parsed.drivername!r}: "
+            "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        )
+    try:
+        engine = create_engine(url, **kwargs)
+    except (exc.ArgumentError, exc.NoSuchModuleError) as err:
+        raise BadInput(f"unusable database URL {mask_secrets(url, url)!r}: {err}") from None
+    if backend == "sqlite":
+        _sqlite_setup(engine)
+    return Database(engine, url)

@@ -1,0 +1,95 @@
+"""Schema versions, through Alembic, always on a connection udx opened itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from udx.domain.errors import SchemaOutOfDate
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy import Connection
+
+    from udx.db.engine import Database
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _alembic_config(conn: Connection | None = None) -> Config:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    if conn is not None:
+        cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def all_revisions() -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+def current_revision(db: Database) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with db.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    current: str | None
+    head: str
+    pending: list[str]
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def status(db: Database) -> SchemaStatus:
+    current = current_revision(db)
+    revisions = all_revisions()
+    pending = revisions if current is None else revisions[revisions.index(current) + 1 :]
+    return SchemaStatus(current=current, head=revisions[-1], pending=pending)
+
+
+def upgrade(db: Database, target: str = "head") -> SchemaStatus:
+    """Apply every missing migration, in one transaction where the engine allows."""
+    from alembic import command
+
+    with db.begin() as conn:
+        command.upgrade(_alembic_config(conn), target)
+    return status(db)
+
+
+def require_current(db: Database) -> None:
+    """Exit-3 error unless the schema is exactly the version this udx needs."""
+    st = status(db)
+    if st.current is None:
+        raise SchemaOutOfDate(
+            f"the database {db.display_url} has no udx schema: run `udx db init`"
+        )
+    if not st.up_to_date:
+        if st.current not in all_revisions():
+            raise SchemaOutOfDate(
+                f"the database schema is at version {st.current}, which this udx does not know "
+                f"(newest known: {st.head}): upgrade udx"
+            )
+        raise SchemaOutOfDate(
+            f"the database schema is at version {st.current}, udx needs {st.head}: "
+            "run `udx db upgrade`"
+        )

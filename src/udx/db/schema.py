@@ -1,0 +1,146 @@
+"""The tables (DESIGN.md section 2) as SQLAlchemy Core objects.
+
+Table and column names are fixed: operators and tests query them by hand.
+The migrations under `migrations/versions` create exactly these tables; a test
+compares the two so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+from udx.db.types import GUID, UTCDateTime
+
+metadata = MetaData()
+
+snapshot = Table(
+    "snapshot",
+    metadata,
+    Column("id", GUID, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("time_created", UTCDateTime, nullable=False),
+    Column("time_modified", UTCDateTime, nullable=False),
+    Column("time_deleted", UTCDateTime, nullable=True),
+    Column("project_id", GUID, nullable=False),
+    Column("disk_id", GUID, nullable=False),
+    Column("volume_id", GUID, nullable=False),
+    Column("destination_volume_id", GUID, nullable=False),
+    Column("gen", BigInteger, nullable=False, server_default="1"),
+    Column("state", String(16), nullable=False),
+    Column("block_size", String(16), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    CheckConstraint(
+        "state IN ('creating', 'ready', 'faulted', 'destroyed')", name="snapshot_state_valid"
+    ),
+    CheckConstraint(
+        "block_size IN ('traditional', 'iso', 'advancedformat')", name="snapshot_block_size_valid"
+    ),
+)
+
+image = Table(
+    "image",
+    metadata,
+    Column("id", GUID, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("time_created", UTCDateTime, nullable=False),
+    Column("time_modified", UTCDateTime, nullable=False),
+    Column("time_deleted", UTCDateTime, nullable=True),
+    Column("silo_id", GUID, nullable=False),
+    Column("project_id", GUID, nullable=True),  # null: a silo image
+    Column("volume_id", GUID, nullable=False),
+    Column("url", Text, nullable=True),
+    Column("os", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("digest", Text, nullable=True),
+    Column("block_size", String(16), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    CheckConstraint(
+        "block_size IN ('traditional', 'iso', 'advancedformat')", name="image_block_size_valid"
+    ),
+)
+
+volume = Table(
+    "volume",
+    metadata,
+    Column("id", GUID, primary_key=True),
+    Column("time_created", UTCDateTime, nullable=False),
+    Column("time_modified", UTCDateTime, nullable=False),
+    Column("time_deleted", UTCDateTime, nullable=True),
+    Column("rcgen", BigInteger, nullable=False, server_default="1"),
+    Column("data", Text, nullable=False),
+    Column("resources_to_clean_up", Text, nullable=True),
+)
+
+region_snapshot = Table(
+    "region_snapshot",
+    metadata,
+    Column("dataset_id", GUID, primary_key=True),
+    Column("region_id", GUID, primary_key=True),
+    Column("snapshot_id", GUID, primary_key=True),
+    Column("snapshot_addr", Text, nullable=False),
+    Column("volume_references", BigInteger, nullable=False, server_default="0"),
+    Column("deleting", Boolean, nullable=False, server_default=text("false")),
+    Index("region_snapshot_by_addr", "snapshot_addr"),
+)
+
+EXPORT_STATES = ("requested", "assigning", "live", "deleting", "deleted")
+
+user_data_export = Table(
+    "user_data_export",
+    metadata,
+    Column("id", GUID, primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("operating_saga_id", GUID, nullable=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("resource_id", GUID, nullable=False),
+    Column("resource_type", String(16), nullable=False),
+    Column("resource_deleted", Boolean, nullable=False),
+    Column("pantry_ip", Text, nullable=True),
+    Column("pantry_port", Integer, nullable=True),
+    Column("volume_id", GUID, nullable=True),
+    CheckConstraint(
+        "state IN ('requested', 'assigning', 'live', 'deleting', 'deleted')",
+        name="user_data_export_state_valid",
+    ),
+    CheckConstraint(
+        "resource_type IN ('snapshot', 'image')", name="user_data_export_resource_type_valid"
+    ),
+    CheckConstraint(
+        "pantry_port IS NULL OR (pantry_port >= 0 AND pantry_port <= 65535)",
+        name="user_data_export_pantry_port_valid",
+    ),
+    Index("lookup_export_by_resource_type", "resource_type"),
+    Index("lookup_export_by_volume", "volume_id"),
+    Index("lookup_export_by_state", "state"),
+    Index(
+        "one_export_record_per_resource",
+        "resource_id",
+        unique=True,
+        sqlite_where=text("state != 'deleted'"),
+        postgresql_where=text("state != 'deleted'"),
+    ),
+)
+
+pantry = Table(
+    "pantry",
+    metadata,
+    Column("address", Text, primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("time_created", UTCDateTime, nullable=False),
+    Column("time_expunged", UTCDateTime, nullable=True),
+    CheckConstraint("state IN ('in_service', 'expunged')", name="pantry_state_valid"),
+)

@@ -1,0 +1,1 @@
+"""Domain types and the export state machine. No I/O lives here."""

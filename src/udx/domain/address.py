@@ -1,0 +1,71 @@
+"""Pantry addresses: "ip:port" for IPv4, "[ipv6]:port" for IPv6.
+
+Addresses are parsed into an (ip, port) value so that two spellings of one address
+("[fd00::0001]:17000" and "[fd00::1]:17000") compare equal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from udx.domain.errors import BadInput
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, order=True)
+class PantryAddress:
+    ip_text: str  # canonical (compressed) form, so ordering and equality are textual
+    port: int
+
+    @property
+    def ip(self) -> IPAddress:
+        return ipaddress.ip_address(self.ip_text)
+
+    @classmethod
+    def from_parts(cls, ip: str | IPAddress, port: int) -> PantryAddress:
+        try:
+            parsed = ip if not isinstance(ip, str) else ipaddress.ip_address(ip.strip())
+        except ValueError:
+            raise BadInput(f"malformed pantry address: {ip!r} is not an IP address") from None
+        if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+            parsed = parsed.ipv4_mapped
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
+            raise BadInput(f"malformed pantry address: port {port!r} is not in 1..65535")
+        return cls(str(parsed), port)
+
+    @classmethod
+    def parse(cls, text: str) -> PantryAddress:
+        """Parse "ip:port" or "[ipv6]:port"; BadInput with the reason otherwise."""
+        raw = text.strip()
+        if raw.startswith("["):
+            host, sep, port_text = raw[1:].partition("]:")
+            if not sep:
+                raise BadInput(f"malformed pantry address {text!r}: expected \"[ipv6]:port\"")
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise BadInput(f"malformed pantry address {text!r}: bad IPv6 address") from None
+        else:
+            host, sep, port_text = raw.rpartition(":")
+            if not sep or ":" in host:
+                raise BadInput(
+                    f"malformed pantry address {text!r}: expected \"ip:port\" or \"[ipv6]:port\""
+                )
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise BadInput(f"malformed pantry address {text!r}: bad IPv4 address") from None
+        if not port_text.isdigit():
+            raise BadInput(f"malformed pantry address {text!r}: port must be a number")
+        return cls.from_parts(host, int(port_text))
+
+    def __str__(self) -> str:
+        if ":" in self.ip_text:
+            return f"[{self.ip_text}]:{self.port}"
+        return f"{self.ip_text}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self}"

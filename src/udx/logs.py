@@ -1,0 +1,43 @@
+"""Logging to stderr, for people (human) or for cron and log shippers (json)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from udx.db.urls import mask_url
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": mask_url(record.getMessage()),
+        }
+        if record.exc_info:
+            out["exception"] = mask_url(self.formatException(record.exc_info))
+        return json.dumps(out)
+
+
+class _HumanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_url(super().format(record))
+
+
+def setup_logging(*, verbose: bool, fmt: str = "human") -> None:
+    root = logging.getLogger("udx")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_HumanFormatter("udx: %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    root.propagate = False

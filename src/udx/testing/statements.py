@@ -1,0 +1,38 @@
+"""Count the SQL statements an engine executes: the proof that a query is set-based."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, event
+
+
+class StatementLog:
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    @property
+    def count(self) -> int:
+        # BEGIN/COMMIT/SAVEPOINT are bookkeeping, not queries.
+        return sum(1 for s in self.statements if not _is_bookkeeping(s))
+
+
+def _is_bookkeeping(sql: str) -> bool:
+    head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+    return head in {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA"}
+
+
+@contextmanager
+def count_statements(engine: Engine) -> Iterator[StatementLog]:
+    log = StatementLog()
+
+    def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        log.statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", _before)
+    try:
+        yield log
+    finally:
+        event.remove(engine, "before_cursor_execute", _before)
