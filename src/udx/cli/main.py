@@ -12,7 +12,12 @@ from typer.core import TyperGroup
 from udx.cli import changeset as changeset_cmd
 from udx.cli import config as config_cmd
 from udx.cli import db as db_cmd
+from udx.cli import demo as demo_cmd
 from udx.cli import export as export_cmd
+from udx.cli import pantry as pantry_cmd
+from udx.cli import pantry_sim as pantry_sim_cmd
+from udx.cli import pass_ as pass_cmd
+from udx.cli import saga as saga_cmd
 from udx.cli.common import STATE
 from udx.domain.errors import EXIT_FAILED, UdxError
 
@@ -125,8 +130,13 @@ def main(
 
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(config_cmd.app, name="config")
-app.add_typer(export_cmd.app, name="export")
 changeset_cmd.register(app)
+pass_cmd.register(app)
+app.add_typer(export_cmd.app, name="export")
+app.add_typer(pantry_cmd.app, name="pantry")
+app.add_typer(saga_cmd.app, name="saga")
+pantry_sim_cmd.register(app)
+demo_cmd.register(app)
 
 
 def run() -> None:
