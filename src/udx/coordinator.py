@@ -1,0 +1,384 @@
+"""One coordinator pass (DESIGN.md section 4), the port of Nexus's background task.
+
+Order: (0) adopt sagas whose owner died; (1) mark records on expunged pantries,
+then records whose pantry lost its attachment; (2) compute the changeset; (3)
+request and create; (4) delete by state; (5) report. One failing item never stops
+the others: it adds an error and the pass goes on. Losing a race to another pass
+(a record created first elsewhere, a lock held or moved by another saga) is
+reported as `skipped`, not as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from udx.domain.address import PantryAddress
+from udx.domain.errors import Conflict, NotFound, UdxError
+from udx.domain.model import Changeset, ExportState, ResourceRef, UserDataExport
+
+if TYPE_CHECKING:
+    from udx.db.engine import Database
+    from udx.pantry.inventory import Inventory
+    from udx.saga import SagaExecutor, SagaResult
+
+log = logging.getLogger(__name__)
+
+# Saga nodes where a Conflict means another pass or saga got there first.
+_RACE_NODES = {"read_generation", "lock"}
+
+
+@dataclass
+class SagaInvocation:
+    export_id: str
+    resource_type: str
+    resource_id: str
+    saga_id: str | None
+    outcome: str  # succeeded | unwound | stuck | skipped
+    error: str | None = None
+
+
+@dataclass
+class BypassedRecord:
+    export_id: str
+    resource_type: str
+    resource_id: str
+
+
+@dataclass
+class PassStatus:
+    create_invoked_ok: list[SagaInvocation] = field(default_factory=list)
+    delete_invoked_ok: list[SagaInvocation] = field(default_factory=list)
+    records_marked_for_deletion: int = 0
+    records_marked_lost: int = 0
+    records_bypassed_ok: list[BypassedRecord] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    sagas_recovered: int = 0
+
+    @property
+    def failed(self) -> bool:
+        sagas = [*self.create_invoked_ok, *self.delete_invoked_ok]
+        return bool(self.errors) or any(s.outcome in ("unwound", "stuck") for s in sagas)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("create_invoked_ok", "delete_invoked_ok"):
+            for item in out[key]:
+                if item["error"] is None:
+                    del item["error"]
+        return out
+
+
+@dataclass
+class PlannedStep:
+    """One thing a dry run says the pass would do."""
+
+    step: str
+    action: str
+    export_id: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class DryRunReport:
+    steps: list[PlannedStep] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": True, "steps": [asdict(s) for s in self.steps], "errors": self.errors}
+
+
+ProgressFn = Callable[[str, int], None]  # (event, amount): "total" sets, "advance" adds
+
+
+class Coordinator:
+    """Runs passes. `executor` must know the export saga definitions and carry
+    ExportSagaDeps; `inventory` is the same inventory those deps use."""
+
+    def __init__(
+        self,
+        db: Database,
+        inventory: Inventory,
+        executor: SagaExecutor,
+        *,
+        request_timeout_secs: float = 10.0,
+        pantry_transport: Any = None,
+    ) -> None:
+        self.db = db
+        self.inventory = inventory
+        self.executor = executor
+        self.request_timeout_secs = request_timeout_secs
+        self.pantry_transport = pantry_transport
+
+    # --- step 1 ---------------------------------------------------------------------------
+
+    def _in_service(self, status: PassStatus | DryRunReport) -> list[PantryAddress] | None:
+        try:
+            return list(self.inventory.in_service())
+        except UdxError as err:
+            status.errors.append(f"cannot read the pantry inventory: {err}")
+            return None
+
+    def _attached_volumes(self, address: PantryAddress) -> set[str] | None:
+        """The volumes a pantry says it holds; None when it does not answer."""
+        from udx.pantry.client import PantryClient, PantryError
+
+        client = PantryClient(
+            address, timeout=self.request_timeout_secs, transport=self.pantry_transport
+        )
+        try:
+            return {v.lower() for v in client.status().volumes}
+        except (PantryError, OSError) as err:
+            log.info("pantry %s did not answer its status call (%s); skipped", address, err)
+            return None
+        finally:
+            client.close()
+
+    def _lost_records(self, in_service: list[PantryAddress]) -> list[UserDataExport]:
+        """Live, unmarked records on an answering in-service pantry that no longer
+        holds their volume (it restarted). One query, one status call per pantry."""
+        from udx.datastore import exports
+
+        with self.db.connect() as conn:
+            live = exports.list_exports(conn, states=[ExportState.LIVE])
+        by_pantry: dict[PantryAddress, list[UserDataExport]] = {}
+        wanted = set(in_service)
+        for rec in live:
+            addr = rec.pantry_address
+            if addr in wanted and not rec.resource_deleted and addr is not None:
+                by_pantry.setdefault(addr, []).append(rec)
+        lost: list[UserDataExport] = []
+        for addr, records in sorted(by_pantry.items()):
+            attached = self._attached_volumes(addr)
+            if attached is None:
+                continue
+            lost += [r for r in records if str(r.volume_id).lower() not in attached]
+        return lost
+
+    # --- the pass -------------------------------------------------------------------------------
+
+    def run_pass(self, *, progress: ProgressFn | None = None) -> PassStatus:
+        from udx.datastore import changeset as changeset_sql
+        from udx.datastore import exports
+
+        status = PassStatus()
+        notify = progress or (lambda _e, _n: None)
+
+        # 0. Sagas left behind by a process that died: adopt and finish them first,
+        # so their records are not skipped as "owned by a saga" forever.
+        try:
+            recovered = self.executor.recover()
+            status.sagas_recovered = len(recovered)
+            for r in recovered:
+                if r.outcome not in ("succeeded", "unwound"):
+                    status.errors.append(f"recovered saga {r.saga_id} ({r.name}): {r.outcome}")
+        except UdxError as err:
+            status.errors.append(f"saga recovery failed: {err}")
+
+        # 1. Expunged pantries, then lost attachments.
+        in_service = self._in_service(status)
+        if in_service is not None:
+            try:
+                status.records_marked_for_deletion = self.db.transaction(
+                    lambda c: exports.mark_expunged_pantries(c, in_service),
+                    name="mark expunged pantries",
+                )
+            except UdxError as err:
+                status.errors.append(f"marking records on expunged pantries failed: {err}")
+            try:
+                lost = self._lost_records(in_service)
+                ids = [r.id for r in lost]
+                status.records_marked_lost = self.db.transaction(
+                    lambda c: exports.mark_lost(c, ids), name="mark lost attachments"
+                )
+            except UdxError as err:
+                status.errors.append(f"checking pantries for lost attachments failed: {err}")
+
+        # 2. The changeset.
+        try:
+            cs: Changeset = self.db.transaction(changeset_sql.compute, name="changeset")
+        except UdxError as err:
+            status.errors.append(f"computing the changeset failed: {err}")
+            return status
+        log.info(
+            "changeset: %d to request, %d to create, %d to delete",
+            len(cs.request_required),
+            len(cs.create_required),
+            len(cs.delete_required),
+        )
+
+        # 3. Request, then create (one batch of sagas, bounded concurrency).
+        creates: list[tuple[UserDataExport | None, ResourceRef]] = []
+        for ref in cs.request_required:
+            rec = self._request(ref, status)
+            if rec is not None:
+                creates.append((rec, ref))
+        creates += [(r, ResourceRef(r.resource_type, r.resource_id)) for r in cs.create_required]
+
+        # 4. Deletes, by state.
+        deletes: list[UserDataExport] = []
+        for rec in cs.delete_required:
+            if rec.state is ExportState.REQUESTED:
+                self._bypass(rec, status)
+            elif rec.state is ExportState.LIVE:
+                if rec.volume_id is None:
+                    status.errors.append(f"export {rec.id} is live without a volume id")
+                else:
+                    deletes.append(rec)
+            elif rec.state is ExportState.DELETED:
+                log.error("export %s is deleted but was listed for deletion", rec.id)
+                status.errors.append(f"export {rec.id} is deleted but was listed for deletion")
+            # assigning / deleting: a saga owns the record; skip.
+
+        jobs: list[tuple[str, dict[str, Any]]] = [
+            ("export-create", {"export_id": str(rec.id)}) for rec, _ in creates if rec
+        ]
+        jobs += [
+            ("export-delete", {"export_id": str(r.id), "volume_id": str(r.volume_id)})
+            for r in deletes
+        ]
+        notify("total", len(jobs))
+        results = self._run_sagas(jobs, notify, status)
+        create_results = results[: len(jobs) - len(deletes)]
+        delete_results = results[len(jobs) - len(deletes) :]
+        for (rec, _ref), res in zip([c for c in creates if c[0]], create_results, strict=True):
+            assert rec is not None
+            status.create_invoked_ok.append(_invocation(rec, res))
+        for rec, res in zip(deletes, delete_results, strict=True):
+            status.delete_invoked_ok.append(_invocation(rec, res))
+        for inv in [*status.create_invoked_ok, *status.delete_invoked_ok]:
+            if inv.outcome in ("unwound", "stuck"):
+                status.errors.append(
+                    f"saga {inv.saga_id} for export {inv.export_id} {inv.outcome}: {inv.error}"
+                )
+        return status
+
+    def _request(self, ref: ResourceRef, status: PassStatus) -> UserDataExport | None:
+        from udx.datastore import exports
+
+        export_id = uuid.uuid4()
+        try:
+            return self.db.transaction(
+                lambda c: exports.create(c, export_id, ref.resource_type, ref.resource_id),
+                name="create export record",
+            )
+        except (Conflict, NotFound) as err:
+            # Another pass created it first, or the resource went away: a lost race.
+            log.info("not requesting %s %s: %s", ref.resource_type, ref.resource_id, err)
+            return None
+        except UdxError as err:
+            status.errors.append(
+                f"creating a record for {ref.resource_type} {ref.resource_id}: {err}"
+            )
+            return None
+
+    def _bypass(self, rec: UserDataExport, status: PassStatus) -> None:
+        from udx.datastore import exports
+
+        try:
+            self.db.transaction(lambda c: exports.bypass_delete(c, rec.id), name="bypass delete")
+        except Conflict as err:
+            log.info("not bypassing export %s: %s", rec.id, err)  # moved by another pass
+            return
+        except UdxError as err:
+            status.errors.append(f"bypassing export {rec.id} to deleted: {err}")
+            return
+        status.records_bypassed_ok.append(
+            BypassedRecord(str(rec.id), rec.resource_type.value, str(rec.resource_id))
+        )
+
+    def _run_sagas(
+        self, jobs: list[tuple[str, dict[str, Any]]], notify: ProgressFn, status: PassStatus
+    ) -> list[SagaResult | None]:
+        if not jobs:
+            return []
+        try:
+            results: list[SagaResult | None] = list(
+                self.executor.run_many(jobs, on_done=lambda _r: notify("advance", 1))
+            )
+        except TypeError:
+            # An executor without progress callbacks.
+            results = list(self.executor.run_many(jobs))
+            notify("advance", len(jobs))
+        return results
+
+    # --- dry run ----------------------------------------------------------------------------------
+
+    def plan(self) -> DryRunReport:
+        """What `run_pass` would do, writing nothing and starting no saga."""
+        from udx.datastore import changeset as changeset_sql
+        from udx.datastore import exports
+
+        report = DryRunReport()
+        # Records step 1 would mark join delete_required, as they would after marking.
+        to_delete: dict[uuid.UUID, UserDataExport] = {}
+        in_service = self._in_service(report)
+        if in_service is not None:
+            with self.db.connect() as conn:
+                affected = exports.records_on_expunged_pantries(conn, in_service)
+            for rec in affected:
+                detail = f"pantry {rec.pantry_address} is not in service"
+                report.steps.append(_step("1-expunged", "mark for deletion", rec, detail))
+                to_delete[rec.id] = rec
+            for rec in self._lost_records(in_service):
+                detail = f"pantry {rec.pantry_address} lost volume {rec.volume_id}"
+                report.steps.append(_step("1-lost", "mark for deletion", rec, detail))
+                to_delete[rec.id] = rec
+        with self.db.connect() as conn:
+            cs = changeset_sql.preview(conn)
+        for rec in cs.would_mark:
+            report.steps.append(_step("2-changeset", "mark for deletion", rec, "resource is gone"))
+        for ref in cs.request_required:
+            report.steps.append(
+                PlannedStep(
+                    "3-request",
+                    "create record and run the create saga",
+                    None,
+                    ref.resource_type.value,
+                    str(ref.resource_id),
+                )
+            )
+        for rec in cs.create_required:
+            if rec.id not in to_delete:
+                report.steps.append(_step("3-create", "run the create saga", rec))
+        to_delete.update({r.id: r for r in cs.delete_required})
+        for rec in sorted(to_delete.values(), key=lambda r: str(r.id)):
+            action = {
+                ExportState.REQUESTED: "bypass to deleted (no saga)",
+                ExportState.ASSIGNING: "skip (a create saga owns it)",
+                ExportState.LIVE: "run the delete saga",
+                ExportState.DELETING: "skip (a delete saga owns it)",
+                ExportState.DELETED: "skip (already deleted; an error)",
+            }[rec.state]
+            report.steps.append(_step("4-delete", action, rec))
+        return report
+
+
+def _step(step: str, action: str, rec: UserDataExport, detail: str = "") -> PlannedStep:
+    return PlannedStep(
+        step, action, str(rec.id), rec.resource_type.value, str(rec.resource_id), detail
+    )
+
+
+def _invocation(rec: UserDataExport, res: SagaResult | None) -> SagaInvocation:
+    base = dict(
+        export_id=str(rec.id),
+        resource_type=rec.resource_type.value,
+        resource_id=str(rec.resource_id),
+    )
+    if res is None:
+        return SagaInvocation(**base, saga_id=None, outcome="skipped")
+    outcome = res.outcome
+    if (
+        outcome == "unwound"
+        and res.failed_node in _RACE_NODES
+        and res.error_type in ("Conflict", "NotFound")
+    ):
+        outcome = "skipped"  # another pass or saga holds or already moved the record
+    error = None if outcome in ("succeeded", "skipped") else res.error
+    return SagaInvocation(**base, saga_id=str(res.saga_id), outcome=outcome, error=error)

@@ -1,0 +1,132 @@
+"""The export create saga (DESIGN.md section 5): Requested -> Assigning -> Live.
+
+Params: {"export_id": UUID}. The lock (saga lock id, generation + 1) is taken
+first; the copy of the resource's volume and the pantry attachment each have an
+undo; going Live is last and has none.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from udx.datastore import exports, resources, volumes
+from udx.domain.address import PantryAddress
+from udx.domain.errors import NotFound
+from udx.domain.model import ResourceType
+from udx.saga import ActionContext, Node, SagaDefinition
+from udx.sagas.deps import deps_of
+from udx.sagas.params import uuid_param
+
+EXPORT_CREATE = "export-create"
+
+
+def _export_id(ctx: ActionContext) -> uuid.UUID:
+    return uuid_param(ctx.params, "export_id")
+
+
+def _lock(ctx: ActionContext) -> tuple[uuid.UUID, int]:
+    ids = ctx.output("generate_ids")
+    return uuid.UUID(ids["lock_id"]), int(ctx.output("read_generation")["generation"])
+
+
+def generate_ids(ctx: ActionContext) -> dict[str, str]:
+    return {"lock_id": str(uuid.uuid4()), "volume_id": str(uuid.uuid4())}
+
+
+def read_generation(ctx: ActionContext) -> dict[str, Any]:
+    with ctx.db.connect() as conn:
+        rec = exports.get_required(conn, _export_id(ctx))
+    return {
+        "generation": rec.generation + 1,
+        "resource_type": rec.resource_type.value,
+        "resource_id": str(rec.resource_id),
+    }
+
+
+def lock(ctx: ActionContext) -> None:
+    lock_id, gen = _lock(ctx)
+    ctx.db.transaction(lambda c: exports.start_assigning(c, _export_id(ctx), lock_id, gen))
+
+
+def unlock(ctx: ActionContext) -> None:
+    lock_id, gen = _lock(ctx)
+    ctx.db.transaction(lambda c: exports.unassign(c, _export_id(ctx), lock_id, gen))
+
+
+def _new_volume_id(ctx: ActionContext) -> uuid.UUID:
+    return uuid.UUID(ctx.output("generate_ids")["volume_id"])
+
+
+def copy_volume(ctx: ActionContext) -> dict[str, Any]:
+    info = ctx.output("read_generation")
+    kind = ResourceType(info["resource_type"])
+    rid = uuid.UUID(info["resource_id"])
+    new_id = _new_volume_id(ctx)
+
+    def tx(conn: Any) -> dict[str, Any]:
+        # The resource may have been deleted since the record was locked: the saga
+        # still finishes (DESIGN.md section 3), so read the row even if soft-deleted.
+        row = resources.get_resource(conn, kind, rid)
+        if row is None:
+            raise NotFound(f"{kind.value} {rid} no longer exists")
+        return volumes.copy_volume(conn, uuid.UUID(str(row._mapping["volume_id"])), new_id)
+
+    request = ctx.db.transaction(tx)
+    return {"volume_id": str(new_id), "request": request}
+
+
+def delete_volume_copy(ctx: ActionContext) -> None:
+    new_id = _new_volume_id(ctx)
+    ctx.db.transaction(lambda c: volumes.soft_delete_volume(c, new_id))
+
+
+def pick_pantry(ctx: ActionContext) -> str:
+    return str(deps_of(ctx).pick_pantry())
+
+
+def attach(ctx: ActionContext) -> None:
+    address = PantryAddress.parse(ctx.output("pick_pantry"))
+    copy = ctx.output("copy_volume")
+    pantry = deps_of(ctx).pantry(address)
+    try:
+        pantry.attach(uuid.UUID(copy["volume_id"]), copy["request"])
+    finally:
+        pantry.close()
+
+
+def detach(ctx: ActionContext) -> None:
+    address = PantryAddress.parse(ctx.output("pick_pantry"))
+    pantry = deps_of(ctx).pantry(address)
+    try:
+        pantry.detach_ok_if_gone(_new_volume_id(ctx))
+    finally:
+        pantry.close()
+
+
+def go_live(ctx: ActionContext) -> None:
+    lock_id, gen = _lock(ctx)
+    address = PantryAddress.parse(ctx.output("pick_pantry"))
+    new_id = _new_volume_id(ctx)
+    ctx.db.transaction(
+        lambda c: exports.set_live(c, _export_id(ctx), lock_id, gen, address, new_id)
+    )
+
+
+def validate(params: dict[str, Any]) -> None:
+    uuid_param(params, "export_id")
+
+
+CREATE_SAGA = SagaDefinition(
+    name=EXPORT_CREATE,
+    nodes=[
+        Node("generate_ids", generate_ids),
+        Node("read_generation", read_generation),
+        Node("lock", lock, unlock),
+        Node("copy_volume", copy_volume, delete_volume_copy),
+        Node("pick_pantry", pick_pantry),
+        Node("attach", attach, detach),
+        Node("go_live", go_live),
+    ],
+    validate_params=validate,
+)

@@ -1,0 +1,103 @@
+"""The export delete saga (DESIGN.md section 5): Live -> Deleting -> Deleted.
+
+Params: {"export_id": UUID, "volume_id": UUID}. Only the lock has an undo:
+once the volume is detached there is nothing to put back, and deleted is last so
+nothing else can re-trigger the delete.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from udx.datastore import exports, volumes
+from udx.domain.address import PantryAddress
+from udx.saga import ActionContext, Node, SagaDefinition
+from udx.sagas.deps import deps_of
+from udx.sagas.params import uuid_param
+
+EXPORT_DELETE = "export-delete"
+
+
+def _export_id(ctx: ActionContext) -> uuid.UUID:
+    return uuid_param(ctx.params, "export_id")
+
+
+def _volume_id(ctx: ActionContext) -> uuid.UUID:
+    return uuid_param(ctx.params, "volume_id")
+
+
+def _lock(ctx: ActionContext) -> tuple[uuid.UUID, int]:
+    return (
+        uuid.UUID(ctx.output("generate_lock_id")),
+        int(ctx.output("read_generation")["generation"]),
+    )
+
+
+def generate_lock_id(ctx: ActionContext) -> str:
+    return str(uuid.uuid4())
+
+
+def read_generation(ctx: ActionContext) -> dict[str, Any]:
+    with ctx.db.connect() as conn:
+        rec = exports.get_required(conn, _export_id(ctx))
+    addr = rec.pantry_address
+    return {"generation": rec.generation + 1, "pantry": str(addr) if addr else None}
+
+
+def lock(ctx: ActionContext) -> None:
+    lock_id, gen = _lock(ctx)
+    ctx.db.transaction(lambda c: exports.start_deleting(c, _export_id(ctx), lock_id, gen))
+
+
+def unlock(ctx: ActionContext) -> None:
+    lock_id, gen = _lock(ctx)
+    ctx.db.transaction(lambda c: exports.undelete(c, _export_id(ctx), lock_id, gen))
+
+
+def detach(ctx: ActionContext) -> str:
+    """Detach, ok if gone: a 404 (the pantry restarted) or a pantry no longer in
+    service both count as detached."""
+    pantry_text = ctx.output("read_generation")["pantry"]
+    if pantry_text is None:
+        return "no_pantry"
+    pantry = deps_of(ctx).pantry(PantryAddress.parse(pantry_text))
+    try:
+        return pantry.detach_ok_if_gone(_volume_id(ctx))
+    finally:
+        pantry.close()
+
+
+def delete_volume(ctx: ActionContext) -> dict[str, Any]:
+    vid = _volume_id(ctx)
+
+    def tx(conn: Any) -> dict[str, Any]:
+        cleanup = volumes.soft_delete_volume(conn, vid)
+        volumes.remove_volume(conn, vid)
+        return {"resources_to_clean_up": cleanup}
+
+    return ctx.db.transaction(tx)
+
+
+def finish(ctx: ActionContext) -> None:
+    lock_id, gen = _lock(ctx)
+    ctx.db.transaction(lambda c: exports.set_deleted(c, _export_id(ctx), lock_id, gen))
+
+
+def validate(params: dict[str, Any]) -> None:
+    uuid_param(params, "export_id")
+    uuid_param(params, "volume_id")
+
+
+DELETE_SAGA = SagaDefinition(
+    name=EXPORT_DELETE,
+    nodes=[
+        Node("generate_lock_id", generate_lock_id),
+        Node("read_generation", read_generation),
+        Node("lock", lock, unlock),
+        Node("detach", detach),
+        Node("delete_volume", delete_volume),
+        Node("finish", finish),
+    ],
+    validate_params=validate,
+)
