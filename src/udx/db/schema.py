@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -143,4 +144,56 @@ pantry = Table(
     Column("time_created", UTCDateTime, nullable=False),
     Column("time_expunged", UTCDateTime, nullable=True),
     CheckConstraint("state IN ('in_service', 'expunged')", name="pantry_state_valid"),
+)
+
+# --- the saga log (DESIGN.md section 5) -------------------------------------------------
+
+SAGA_STATES = ("running", "unwinding", "done", "abandoned")
+SAGA_OUTCOMES = ("succeeded", "unwound", "stuck")
+# `undo_failed` is ours (upstream steno has UndoFailed): it keeps the error of the undo
+# that left a saga stuck, which an operator needs to see.
+SAGA_EVENT_TYPES = ("started", "succeeded", "failed", "undo_started", "undo_finished", "undo_failed")
+
+saga = Table(
+    "saga",
+    metadata,
+    Column("id", GUID, primary_key=True),
+    Column("creator", GUID, nullable=False),  # the sec_id of the process that started it
+    Column("time_created", UTCDateTime, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("params", Text, nullable=False),  # JSON
+    Column("saga_state", String(16), nullable=False),
+    Column("current_sec", GUID, nullable=True),  # the owning process
+    Column("adopt_generation", BigInteger, nullable=False, server_default="1"),
+    Column("adopt_time", UTCDateTime, nullable=False),
+    Column("lease_expires", UTCDateTime, nullable=True),
+    Column("abandon_time", UTCDateTime, nullable=True),
+    Column("abandon_reason", Text, nullable=True),
+    Column("abandon_comment", Text, nullable=True),
+    Column("outcome", String(16), nullable=True),
+    CheckConstraint(
+        "saga_state IN ('running', 'unwinding', 'done', 'abandoned')", name="saga_state_valid"
+    ),
+    CheckConstraint(
+        "outcome IS NULL OR outcome IN ('succeeded', 'unwound', 'stuck')", name="saga_outcome_valid"
+    ),
+    # Recovery asks for running/unwinding sagas whose lease has expired.
+    Index("lookup_saga_by_state", "saga_state", "lease_expires"),
+    Index("lookup_saga_by_name", "name"),
+)
+
+saga_node_event = Table(
+    "saga_node_event",
+    metadata,
+    Column("saga_id", GUID, ForeignKey("saga.id", ondelete="CASCADE"), primary_key=True),
+    Column("node_id", Text, primary_key=True),  # the node's name in its saga definition
+    Column("event_type", String(16), primary_key=True),
+    Column("data", Text, nullable=True),  # JSON: the output, or {"error", "type"}
+    Column("event_time", UTCDateTime, nullable=False),
+    Column("creator", GUID, nullable=False),  # the sec_id that wrote it
+    CheckConstraint(
+        "event_type IN ('started', 'succeeded', 'failed', 'undo_started', 'undo_finished', "
+        "'undo_failed')",
+        name="saga_node_event_type_valid",
+    ),
 )
