@@ -6,7 +6,9 @@ import typer
 
 from udx.cli.common import print_json, print_table, state, stdout_console, table
 
-app = typer.Typer(help="List, show, create and delete user data export records.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, show, create and delete user data export records.", no_args_is_help=True
+)
 
 
 @app.command("list")
@@ -76,3 +78,75 @@ def show(
         stdout_console().print(f"{len(others)} earlier record(s) for this resource:")
         for r in others:
             stdout_console().print(f"  {r.id}  {r.state.value}  generation {r.generation}")
+
+
+@app.command("create")
+def create(
+    resource_type: str = typer.Option(..., "--resource-type", help="snapshot or image."),
+    resource_id: str = typer.Option(..., "--resource-id", help="The resource's UUID."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Create an export for one resource now: the record, then the create saga."""
+    from udx.domain.model import ResourceType, parse_uuid
+    from udx.exports_ops import create_export
+    from udx.runtime import build_runtime
+
+    kind = ResourceType.parse(resource_type)
+    rid = parse_uuid(resource_id, "resource id")
+    st = state()
+    rt = build_runtime(st.database(), st.settings(), concurrency=1)
+    try:
+        result = create_export(rt, kind, rid)
+    finally:
+        rt.close()
+    _report(result, as_json)
+
+
+@app.command("delete")
+def delete(
+    export_id: str = typer.Argument(..., help="Export record id."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Mark one export for deletion, then bypass it or run its delete saga."""
+    from udx.cli.common import confirm
+    from udx.domain.model import parse_uuid
+    from udx.exports_ops import delete_export
+    from udx.runtime import build_runtime
+
+    eid = parse_uuid(export_id, "export id")
+    st = state()
+    db = st.database()
+    from udx.datastore import exports
+
+    with db.connect() as conn:
+        exports.get_required(conn, eid)  # a missing id fails before any question
+    confirm(f"delete export {eid} and detach its volume", yes)
+    rt = build_runtime(db, st.settings(), concurrency=1)
+    try:
+        result = delete_export(rt, eid)
+    finally:
+        rt.close()
+    _report(result, as_json)
+
+
+def _report(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    from udx.domain.errors import EXIT_FAILED
+
+    if as_json:
+        print_json(result.to_json())
+    else:
+        c = stdout_console()
+        rec = result.record
+        addr = rec.pantry_address
+        c.print(f"export {rec.id}: {result.action}", markup=False)
+        if result.saga_id:
+            c.print(f"saga {result.saga_id}: {result.outcome}", markup=False)
+        c.print(
+            f"state {rec.state.value}, pantry {addr or '-'}, volume {rec.volume_id or '-'}",
+            markup=False,
+        )
+        if result.error:
+            c.print(f"error: {result.error}", markup=False)
+    if result.failed:
+        raise typer.Exit(EXIT_FAILED)

@@ -1,9 +1,117 @@
-"""`udx pass`: one coordinator pass (being built)."""
+"""`udx pass`: one coordinator pass, for cron or by hand."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from udx.cli.common import is_terminal, print_json, print_table, state, stdout_console, table
+from udx.domain.errors import EXIT_FAILED
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `pass` command to `app`."""
+    app.command("pass")(pass_)
+
+
+def pass_(
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what the pass would do; write nothing, start no saga."
+    ),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", min=1, max=256, help="Sagas at once (default: config, 8)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the status object as JSON."),
+    metrics_file: Path | None = typer.Option(
+        None, "--metrics-file", help="Also write the counts in Prometheus text format (atomic)."
+    ),
+) -> None:
+    """Run one coordinator pass: mark, compute the changeset, create and delete
+    exports. Exit 1 when the status has errors or a saga did not succeed."""
+    from udx.runtime import build_runtime
+
+    st = state()
+    db = st.database()
+    runtime = build_runtime(db, st.settings(), concurrency=concurrency)
+    try:
+        if dry_run:
+            report = runtime.coordinator.plan()
+            if as_json:
+                print_json(report.to_json())
+            else:
+                _render_plan(report)
+            if report.errors:
+                raise typer.Exit(EXIT_FAILED)
+            return
+        status = _run_with_progress(runtime.coordinator, show=not as_json and is_terminal())
+    finally:
+        runtime.close()
+    if metrics_file is not None:
+        from udx.metrics import write_metrics
+
+        write_metrics(metrics_file, status)
+    if as_json:
+        print_json(status.to_json())
+    else:
+        _render_status(status)
+    if status.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _run_with_progress(coordinator, show: bool):  # type: ignore[no-untyped-def]
+    if not show:
+        return coordinator.run_pass()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("sagas", total=None)
+
+        def notify(event: str, n: int) -> None:
+            if event == "total":
+                progress.update(task, total=n)
+            else:
+                progress.advance(task, n)
+
+        return coordinator.run_pass(progress=notify)
+
+
+def _render_status(status) -> None:  # type: ignore[no-untyped-def]
+    from collections import Counter
+
+    c = stdout_console()
+    summary = table("item", "count", title="pass summary")
+    creates = Counter(s.outcome for s in status.create_invoked_ok)
+    deletes = Counter(s.outcome for s in status.delete_invoked_ok)
+    for outcome in ("succeeded", "skipped", "unwound", "stuck"):
+        if creates[outcome]:
+            summary.add_row(f"create sagas {outcome}", str(creates[outcome]))
+        if deletes[outcome]:
+            summary.add_row(f"delete sagas {outcome}", str(deletes[outcome]))
+    summary.add_row(
+        "records marked for deletion (expunged pantry)", str(status.records_marked_for_deletion)
+    )
+    summary.add_row("records marked lost (pantry restarted)", str(status.records_marked_lost))
+    summary.add_row("records bypassed to deleted", str(len(status.records_bypassed_ok)))
+    summary.add_row("sagas recovered", str(status.sagas_recovered))
+    summary.add_row("errors", str(len(status.errors)))
+    print_table(summary, "pass summary")
+    for err in status.errors:
+        c.print(f"error: {err}", markup=False)
+
+
+def _render_plan(report) -> None:  # type: ignore[no-untyped-def]
+    t = table("step", "would", "export", "resource", "detail", title="dry run: the pass would")
+    for s in report.steps:
+        resource = f"{s.resource_type} {s.resource_id}" if s.resource_type else "-"
+        t.add_row(s.step, s.action, s.export_id or "(new)", resource, s.detail)
+    print_table(t, f"dry run: the pass would ({len(report.steps)} steps)")
+    if not report.steps:
+        stdout_console().print("nothing to do")
+    for err in report.errors:
+        stdout_console().print(f"error: {err}", markup=False)

@@ -1,0 +1,76 @@
+"""The pass status in the Prometheus text format, for node_exporter's textfile
+collector. Written atomically (temp file + rename) so a scrape never sees half."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from udx.coordinator import PassStatus
+
+
+def render_metrics(status: PassStatus, *, now: float | None = None) -> str:
+    lines = []
+
+    def metric(name: str, help_text: str, kind: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP udx_{name} {help_text}")
+        lines.append(f"# TYPE udx_{name} {kind}")
+        for labels, value in samples:
+            lines.append(f"udx_{name}{labels} {value:g}")
+
+    sagas: list[tuple[str, float]] = []
+    for kind, items in (("create", status.create_invoked_ok), ("delete", status.delete_invoked_ok)):
+        counts = Counter(i.outcome for i in items)
+        for outcome in ("succeeded", "skipped", "unwound", "stuck"):
+            sagas.append((f'{{saga="{kind}",outcome="{outcome}"}}', counts[outcome]))
+    metric("pass_sagas", "Sagas the last pass ran, by kind and outcome.", "gauge", sagas)
+    metric(
+        "pass_records_marked_for_deletion",
+        "Records on expunged pantries marked by the last pass.",
+        "gauge",
+        [("", status.records_marked_for_deletion)],
+    )
+    metric(
+        "pass_records_marked_lost",
+        "Live records whose pantry lost the volume, marked by the last pass.",
+        "gauge",
+        [("", status.records_marked_lost)],
+    )
+    metric(
+        "pass_records_bypassed",
+        "Requested records bypassed to deleted by the last pass.",
+        "gauge",
+        [("", len(status.records_bypassed_ok))],
+    )
+    metric("pass_errors", "Errors in the last pass.", "gauge", [("", len(status.errors))])
+    metric(
+        "pass_success",
+        "1 when the last pass had no errors and every saga succeeded or was skipped.",
+        "gauge",
+        [("", 0 if status.failed else 1)],
+    )
+    metric(
+        "pass_last_run_timestamp_seconds",
+        "When the last pass finished (Unix time).",
+        "gauge",
+        [("", now if now is not None else time.time())],
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: Path, status: PassStatus) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(render_metrics(status))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,66 @@
+"""Wiring: settings -> inventory, saga executor and coordinator.
+
+The command line and the demo build their objects here, so a pass run by cron
+and a pass run by hand are put together the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from udx.config import Settings
+    from udx.coordinator import Coordinator
+    from udx.db.engine import Database
+    from udx.pantry.inventory import Inventory
+    from udx.saga import SagaExecutor
+
+
+@dataclass
+class Runtime:
+    db: Database
+    inventory: Inventory
+    executor: SagaExecutor
+    coordinator: Coordinator
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+def build_runtime(
+    db: Database,
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    inventory: Inventory | None = None,
+    transport: Any = None,
+) -> Runtime:
+    from udx.coordinator import Coordinator
+    from udx.pantry.inventory import inventory_from_settings
+    from udx.saga import SagaExecutor
+    from udx.sagas import definitions
+    from udx.sagas.deps import ExportSagaDeps
+
+    inv = inventory if inventory is not None else inventory_from_settings(settings, db)
+    deps = ExportSagaDeps(
+        inventory=inv,
+        request_timeout_secs=settings.pantry.request_timeout_secs,
+        retry_budget_secs=settings.pantry.retry_budget_secs,
+        transport=transport,
+    )
+    executor = SagaExecutor(
+        db,
+        definitions(),
+        deps=deps,
+        lease_secs=settings.saga.lease_secs,
+        max_workers=concurrency or settings.coordinator.concurrency,
+    )
+    coordinator = Coordinator(
+        db,
+        inv,
+        executor,
+        request_timeout_secs=settings.pantry.request_timeout_secs,
+        pantry_transport=transport,
+    )
+    return Runtime(db, inv, executor, coordinator)
