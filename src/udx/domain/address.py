@@ -57,7 +57,7 @@ class PantryAddress:
                 ipaddress.IPv4Address(host)
             except ValueError:
                 raise BadInput(f"malformed pantry address {text!r}: bad IPv4 address") from None
-        if not port_text.isdigit():
+        if not (port_text.isascii() and port_text.isdigit()):
             raise BadInput(f"malformed pantry address {text!r}: port must be a number")
         return cls.from_parts(host, int(port_text))
 
