@@ -1,0 +1,175 @@
+"""Configuration: defaults < TOML file < UDX_<SECTION>_<KEY> < command line."""
+
+from __future__ import annotations
+
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from udx.config import Settings, default_config_path, load_settings, write_settings
+from udx.domain.errors import ConfigError
+
+FULL = """
+[database]
+url = "postgresql+psycopg://udx:hunter2@db.example/omicron"
+isolation = "read_committed"
+[coordinator]
+concurrency = 4
+[pantry]
+source = "static"
+addresses = ["10.0.0.1:17000", "[fd00::1]:17000"]
+request_timeout_secs = 2.5
+retry_budget_secs = 30
+[saga]
+lease_secs = 12
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+
+
+def write(tmp_path: Path, text: str, name: str = "udx.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_defaults_without_any_file(tmp_path: Path) -> None:
+    s = load_settings(environ={})
+    assert s.config_path is None
+    assert s.coordinator.concurrency == 8
+    assert s.pantry.source == "db" and s.pantry.addresses == []
+    assert s.pantry.retry_budget_secs == 60 and s.saga.lease_secs == 30
+    assert s.database.url == ""
+    assert s.database_url.startswith("sqlite:///")
+    assert str(tmp_path / "xdg-data") in s.database_url  # platformdirs, under XDG
+    assert default_config_path() == tmp_path / "xdg-config" / "udx" / "config.toml"
+
+
+def test_file_values(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL)
+    s = load_settings(path, environ={})
+    assert s.config_path == path
+    assert s.database.url == "postgresql+psycopg://udx:hunter2@db.example/omicron"
+    assert s.database.isolation == "read_committed"
+    assert s.coordinator.concurrency == 4
+    assert s.pantry.addresses == ["10.0.0.1:17000", "[fd00::1]:17000"]
+    assert s.pantry.request_timeout_secs == 2.5 and s.pantry.retry_budget_secs == 30.0
+    assert s.saga.lease_secs == 12.0
+
+
+def test_default_path_and_udx_config_env(tmp_path: Path) -> None:
+    default = default_config_path()
+    default.parent.mkdir(parents=True)
+    default.write_text("[coordinator]\nconcurrency = 3\n")
+    assert load_settings(environ={}).coordinator.concurrency == 3
+    other = write(tmp_path, "[coordinator]\nconcurrency = 5\n")
+    assert load_settings(environ={"UDX_CONFIG": str(other)}).coordinator.concurrency == 5
+
+
+def test_precedence_env_over_file_and_command_line_over_both(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL)
+    env = {
+        "UDX_COORDINATOR_CONCURRENCY": "16",
+        "UDX_PANTRY_RETRY_BUDGET_SECS": "7.5",
+        "UDX_PANTRY_ADDRESSES": "10.0.0.9:1, [fd00::9]:2",
+        "UDX_DATABASE_URL": "sqlite:///from-env.sqlite3",
+    }
+    s = load_settings(path, environ=env)
+    assert s.coordinator.concurrency == 16
+    assert s.pantry.retry_budget_secs == 7.5
+    assert s.pantry.addresses == ["10.0.0.9:1", "[fd00::9]:2"]
+    assert s.database_url == "sqlite:///from-env.sqlite3"
+    s = load_settings(path, environ=env, database_url="sqlite:///from-cli.sqlite3")
+    assert s.database_url == "sqlite:///from-cli.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[coordinator]\nconcurency = 4\n", "'concurency'"),
+        ("[coordnator]\nconcurrency = 4\n", "[coordnator]"),
+        ("coordinator = 4\n", "must be a table"),
+        ("[coordinator]\nconcurrency = \"many\"\n", "whole number"),
+        ("[coordinator]\nconcurrency = 2.5\n", "whole number"),
+        ("[coordinator]\nconcurrency = true\n", "whole number"),
+        ("[coordinator]\nconcurrency = 0\n", "1..256"),
+        ("[coordinator]\nconcurrency = 1000\n", "1..256"),
+        ("[pantry]\nsource = \"ldap\"\n", "source"),
+        ("[pantry]\naddresses = [1, 2]\n", "list of strings"),
+        ("[pantry]\nsource = \"static\"\naddresses = [\"10.0.0.1\"]\n", "10.0.0.1"),
+        ("[pantry]\nretry_budget_secs = 0\n", "retry_budget_secs"),
+        ("[pantry]\nrequest_timeout_secs = \"soon\"\n", "must be a number"),
+        ("[saga]\nlease_secs = -1\n", "lease_secs"),
+        ("[database]\nurl = 5\n", "must be a string"),
+        ("[database]\nisolation = \"chaos\"\n", "isolation"),
+    ],
+)
+def test_invalid_config_is_a_config_error(tmp_path: Path, text: str, needle: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert needle in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_bad_environment_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={"UDX_COORDINATOR_CONCURRENCY": "lots"})
+    assert "environment" in str(err.value) and "concurrency" in str(err.value)
+
+
+def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
+    cases = {
+        "missing": (tmp_path / "nope.toml", "does not exist"),
+        "directory": (tmp_path, "cannot read"),
+        "not utf-8": (tmp_path / "latin1.toml", "cannot read"),
+        "bad toml": (write(tmp_path, "[coordinator\nconcurrency = 4\n", "bad.toml"),
+                     "not valid TOML"),
+    }
+    (tmp_path / "latin1.toml").write_bytes(b"[saga]\nlease_secs = 1 # caf\xe9\n")
+    for path, needle in cases.values():
+        with pytest.raises(ConfigError) as err:
+            load_settings(path, environ={})
+        assert needle in str(err.value) and str(path) in str(err.value)
+    with pytest.raises(ConfigError):
+        load_settings(environ={"UDX_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_write_settings_round_trip(tmp_path: Path) -> None:
+    src = load_settings(write(tmp_path, FULL), environ={})
+    target = tmp_path / "out" / "config.toml"
+    write_settings(src, target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    data = tomllib.loads(target.read_text())
+    assert set(data) == {"database", "coordinator", "pantry", "saga"}
+    assert set(data["pantry"]) == {
+        "source", "addresses", "dns_zone", "dns_servers", "request_timeout_secs",
+        "retry_budget_secs",
+    }
+    assert data["database"]["url"] == src.database.url  # not masked in the file
+    again = load_settings(target, environ={})
+    for section in ("database", "coordinator", "pantry", "saga"):
+        assert getattr(again, section) == getattr(src, section)
+    with pytest.raises(ConfigError) as err:
+        write_settings(Settings(), target)
+    assert "already exists" in str(err.value)
+    assert load_settings(target, environ={}).coordinator.concurrency == 4  # untouched
+    write_settings(Settings(), target, overwrite=True)
+    fresh = load_settings(target, environ={})
+    assert fresh.coordinator.concurrency == 8
+    assert fresh.database.url.startswith("sqlite:///")  # the default, written out
+    assert list(tmp_path.glob("out/*.tmp")) == []
+
+
+def test_masked_toml_dict(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, FULL), environ={})
+    masked = s.to_toml_dict()
+    assert "hunter2" not in str(masked)
+    assert masked["database"]["url"] == "postgresql+psycopg://udx:***@db.example/omicron"
+    assert "hunter2" in s.to_toml_dict(mask=False)["database"]["url"]
