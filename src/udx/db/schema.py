@@ -152,7 +152,14 @@ SAGA_STATES = ("running", "unwinding", "done", "abandoned")
 SAGA_OUTCOMES = ("succeeded", "unwound", "stuck")
 # `undo_failed` is ours (upstream steno has UndoFailed): it keeps the error of the undo
 # that left a saga stuck, which an operator needs to see.
-SAGA_EVENT_TYPES = ("started", "succeeded", "failed", "undo_started", "undo_finished", "undo_failed")
+SAGA_EVENT_TYPES = (
+    "started",
+    "succeeded",
+    "failed",
+    "undo_started",
+    "undo_finished",
+    "undo_failed",
+)
 
 saga = Table(
     "saga",

@@ -1,0 +1,104 @@
+"""What a saga is: named nodes with actions and undos, and what an action sees."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from udx.db.engine import Database
+
+Outcome = Literal["succeeded", "unwound", "stuck", "abandoned", "interrupted"]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One step. `action` returns a JSON-serialisable value (its output, logged) or
+    raises (the node failed). `undo` reverses a successful action. Both must be
+    idempotent: after a crash either may run again."""
+
+    name: str
+    action: Callable[[ActionContext], Any]
+    undo: Callable[[ActionContext], None] | None = None
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    """A named, fixed sequence of nodes. `validate_params` raises when params are
+    unusable; recovery abandons a saga whose logged params fail it."""
+
+    name: str
+    nodes: list[Node]
+    validate_params: Callable[[dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a saga definition needs a name")
+        if not self.nodes:
+            raise ValueError(f"saga {self.name!r} has no nodes")
+        names = [n.name for n in self.nodes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            # Node names key the log: they must be unique within a saga.
+            raise ValueError(f"saga {self.name!r} has duplicate node names: {', '.join(dupes)}")
+        if any(not n for n in names):
+            raise ValueError(f"saga {self.name!r} has a node without a name")
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+
+@dataclass
+class ActionContext:
+    """What an action or undo gets. Outputs of earlier nodes come from the log
+    (decoded from the JSON that was written), never from in-memory state that a
+    crash would lose."""
+
+    saga_id: uuid.UUID
+    params: dict[str, Any]
+    node: str
+    db: Database
+    deps: Any
+    _outputs: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def output(self, node_name: str) -> Any:
+        """The output of `node_name`, which must have succeeded earlier in this saga
+        (in an undo, the node's own output is available too)."""
+        try:
+            return self._outputs[node_name]
+        except KeyError:
+            raise KeyError(
+                f"saga {self.saga_id}: node {self.node!r} asked for the output of "
+                f"{node_name!r}, which has not succeeded"
+            ) from None
+
+
+@dataclass(frozen=True)
+class SagaResult:
+    """How a saga ended (or why this process stopped driving it).
+
+    outcome: succeeded | unwound | stuck (an undo failed: a person must look) |
+    abandoned (an operator or recovery abandoned it) | interrupted (this process
+    lost the saga to another one, or could not write the log; the saga stays
+    running in the log and recovery finishes it).
+    failed_node / error / error_type describe the action failure that caused an
+    unwind (error is one line: node and message; error_type the exception class
+    name, e.g. "Conflict"). For stuck sagas error also names the failed undo.
+    """
+
+    saga_id: uuid.UUID
+    name: str
+    outcome: str  # one of Outcome; plain str so callers can map it to their own words
+    failed_node: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "succeeded"

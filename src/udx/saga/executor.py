@@ -1,0 +1,633 @@
+"""The saga executor: runs sagas durably against the saga log.
+
+Every step is first written to the log, through a conditional write that checks
+this executor (its `sec_id`, at the saga's `adopt_generation`) still owns the saga;
+when that check fails the executor stops driving the saga at once. A background
+thread renews the leases of the sagas being driven, so a long node keeps its lease;
+a process that dies stops renewing, and after the lease another executor adopts
+the saga (`recover`) and continues it from the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from udx.datastore import saga_log
+from udx.db.types import utcnow
+from udx.domain.errors import BadInput, Conflict, UdxError
+from udx.saga.definition import ActionContext, Outcome, SagaDefinition, SagaResult
+from udx.saga.errors import SagaUnrecoverable
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from udx.db.engine import Database
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoint(NamedTuple):
+    """A point in a saga's execution, reported to `on_checkpoint` hooks (the crash
+    harness kills a process at each one).
+
+    kind: "created", the event types ("started", "succeeded", "failed",
+    "undo_started", "undo_finished", "undo_failed") and "done" right after they are
+    committed; "action_returned" / "undo_returned" after an action or undo returned
+    but before its completion is logged (the point where a crash makes it run twice).
+    """
+
+    saga_id: uuid.UUID
+    kind: str
+    node: str | None
+
+
+CheckpointHook = Callable[[Checkpoint], None]
+
+
+class _Stop(Exception):
+    """This executor must stop driving the saga (abandoned, adopted elsewhere, log down)."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome: Outcome = outcome
+        self.message = message
+
+
+class _NotOwner(Exception):
+    pass
+
+
+@dataclass
+class _Run:
+    saga_id: uuid.UUID
+    definition: SagaDefinition
+    params_json: str
+    generation: int
+    outputs: dict[str, Any] = field(default_factory=dict)
+    failed_node: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+    def result(self, outcome: Outcome, error: str | None = None) -> SagaResult:
+        return SagaResult(
+            saga_id=self.saga_id,
+            name=self.definition.name,
+            outcome=outcome,
+            failed_node=self.failed_node,
+            error=error if error is not None else self.error,
+            error_type=self.error_type,
+            outputs=dict(self.outputs),
+        )
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line for logs and operators."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 500 else line[:497] + "..."
+
+
+class SagaExecutor:
+    """Runs, resumes and recovers sagas of the given definitions.
+
+    deps is handed to every action as `ctx.deps` (the engine never looks inside).
+    lease_secs: how long this process keeps a saga without renewing; recovery by
+    another process waits that long after a crash. sec_id identifies this executor
+    in the log (fresh per executor unless given). on_checkpoint is a test hook.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        definitions: Iterable[SagaDefinition],
+        *,
+        deps: Any = None,
+        lease_secs: float = 30.0,
+        max_workers: int = 8,
+        sec_id: uuid.UUID | None = None,
+        on_checkpoint: CheckpointHook | None = None,
+        log_write_attempts: int = 4,
+    ) -> None:
+        if lease_secs <= 0:
+            raise ValueError("lease_secs must be positive")
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self.db = db
+        self.deps = deps
+        self.lease_secs = lease_secs
+        self.max_workers = max_workers
+        self.sec_id = sec_id or uuid.uuid4()
+        self._hook = on_checkpoint
+        self._attempts = max(1, log_write_attempts)
+        self._defs: dict[str, SagaDefinition] = {}
+        for d in definitions:
+            if d.name in self._defs:
+                raise ValueError(f"two saga definitions are named {d.name!r}")
+            self._defs[d.name] = d
+        self._lock = threading.Lock()
+        self._active: set[uuid.UUID] = set()
+        self._stop_keeper = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    @property
+    def definitions(self) -> dict[str, SagaDefinition]:
+        return dict(self._defs)
+
+    # --- public API --------------------------------------------------------------------
+
+    def run(
+        self, name: str, params: dict[str, Any], *, saga_id: uuid.UUID | None = None
+    ) -> SagaResult:
+        """Start a saga and run it to the end in this thread.
+
+        Raises BadInput (unknown name, params not JSON or rejected by
+        validate_params) or Conflict (saga_id taken) before anything is logged.
+        """
+        definition, params_json = self._prepare(name, params)
+        return self._start(definition, params_json, saga_id or uuid.uuid4())
+
+    def run_many(
+        self,
+        items: list[tuple[str, dict[str, Any]]],
+        *,
+        on_done: Callable[[SagaResult], None] | None = None,
+    ) -> list[SagaResult]:
+        """Run several sagas, at most max_workers at once; results in input order.
+
+        Every item is validated before any saga starts. A saga that cannot even be
+        logged comes back as outcome "interrupted" with the error, never an exception.
+        on_done (progress display) is called with each result as it finishes, from
+        the worker threads.
+        """
+        prepared = [self._prepare(name, params) for name, params in items]
+
+        def one(p: tuple[SagaDefinition, str]) -> SagaResult:
+            saga_id = uuid.uuid4()
+            try:
+                result = self._start(p[0], p[1], saga_id)
+            except Exception as err:
+                log.error("saga %s (%s) could not start: %s", saga_id, p[0].name, one_line(err))
+                result = SagaResult(saga_id, p[0].name, "interrupted", error=one_line(err))
+            if on_done is not None:
+                try:
+                    on_done(result)
+                except Exception as err:  # a progress display must not lose a result
+                    log.warning("saga progress callback failed: %s", one_line(err))
+            return result
+
+        if not prepared:
+            return []
+        with ThreadPoolExecutor(
+            max_workers=min(self.max_workers, len(prepared)), thread_name_prefix="saga"
+        ) as pool:
+            return list(pool.map(one, prepared))
+
+    def resume(self, saga_id: uuid.UUID) -> SagaResult:
+        """Adopt one saga (its owner's lease must have expired, or be this executor's)
+        and continue it from the log.
+
+        NotFound: no such saga. Conflict: done, abandoned, or owned by a live
+        process. SagaUnrecoverable: this process cannot run it (see `abandon`).
+        """
+        with self.db.connect() as conn:
+            rec = saga_log.get_required(conn, saga_id)
+            evs = saga_log.events(conn, saga_id)
+        self._check_resumable(rec)
+        with self._lock:
+            if saga_id in self._active:
+                raise Conflict(f"saga {saga_id} is already being run by this process")
+        definition, params_json = self._resolve(rec, evs)
+        adopted = self._adopt(saga_id)
+        if adopted is None:
+            with self.db.connect() as conn:
+                now_rec = saga_log.get_required(conn, saga_id)
+            self._check_resumable(now_rec)
+            lease = now_rec.lease_expires.isoformat() if now_rec.lease_expires else "?"
+            raise Conflict(
+                f"saga {saga_id} is being run by process {now_rec.current_sec} (lease until "
+                f"{lease}); it can be resumed once that lease expires"
+            )
+        gen, state = adopted
+        return self._drive(_Run(saga_id, definition, params_json, gen), state)
+
+    def recover(self) -> list[SagaResult]:
+        """Adopt and finish every running/unwinding saga whose owner's lease expired.
+
+        Sagas this process cannot run are abandoned with reason "unrecoverable";
+        one bad saga never stops the others. Returns one result per saga adopted
+        here (sagas another process adopted first are left to it).
+        """
+        with self.db.connect() as conn:
+            candidates = saga_log.expired(conn, utcnow())
+        if not candidates:
+            return []
+        with ThreadPoolExecutor(
+            max_workers=min(self.max_workers, len(candidates)), thread_name_prefix="saga-recover"
+        ) as pool:
+            results = list(pool.map(self._recover_one, candidates))
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        """Stop the lease renewal thread. Sagas still being driven keep running in
+        their threads but lose their leases."""
+        self._stop_keeper.set()
+        keeper = self._keeper
+        if keeper is not None:
+            keeper.join(timeout=5)
+
+    def __enter__(self) -> SagaExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- starting, adopting -------------------------------------------------------------
+
+    def _prepare(self, name: str, params: dict[str, Any]) -> tuple[SagaDefinition, str]:
+        definition = self._defs.get(name)
+        if definition is None:
+            known = ", ".join(sorted(self._defs)) or "none"
+            raise BadInput(f"unknown saga {name!r} (known: {known})")
+        if not isinstance(params, dict):
+            raise BadInput(f"saga {name!r}: params must be a JSON object")
+        try:
+            params_json = json.dumps(params, sort_keys=True)
+        except (TypeError, ValueError) as err:
+            raise BadInput(f"saga {name!r}: params are not JSON-serialisable: {err}") from None
+        if definition.validate_params is not None:
+            try:
+                definition.validate_params(json.loads(params_json))
+            except UdxError:
+                raise
+            except Exception as err:
+                raise BadInput(f"saga {name!r}: invalid params: {one_line(err)}") from None
+        return definition, params_json
+
+    def _start(
+        self, definition: SagaDefinition, params_json: str, saga_id: uuid.UUID
+    ) -> SagaResult:
+        def insert(conn: Connection) -> None:
+            now = utcnow()
+            saga_log.insert(
+                conn,
+                saga_id=saga_id,
+                name=definition.name,
+                params_json=params_json,
+                sec_id=self.sec_id,
+                now=now,
+                lease_expires=now + timedelta(seconds=self.lease_secs),
+            )
+
+        self.db.transaction(insert, name="saga insert")
+        self._checkpoint(saga_id, "created", None)
+        return self._drive(_Run(saga_id, definition, params_json, 1), "running")
+
+    def _check_resumable(self, rec: saga_log.SagaRecord) -> None:
+        if rec.saga_state == "abandoned":
+            raise Conflict(
+                f"saga {rec.id} was abandoned (reason {rec.abandon_reason!r}): "
+                "nothing runs on it again"
+            )
+        if rec.saga_state == "done":
+            raise Conflict(
+                f"saga {rec.id} is already done (outcome {rec.outcome}): nothing to resume"
+            )
+
+    def _adopt(self, saga_id: uuid.UUID) -> tuple[int, str] | None:
+        def txn(conn: Connection) -> tuple[int, str] | None:
+            now = utcnow()
+            gen = saga_log.adopt(
+                conn,
+                saga_id,
+                self.sec_id,
+                now=now,
+                lease_expires=now + timedelta(seconds=self.lease_secs),
+            )
+            if gen is None:
+                return None
+            return gen, saga_log.get_required(conn, saga_id).saga_state
+
+        adopted = self.db.transaction(txn, name="saga adopt")
+        if adopted is not None:
+            log.info("saga %s adopted by %s (generation %d)", saga_id, self.sec_id, adopted[0])
+        return adopted
+
+    def _resolve(
+        self, rec: saga_log.SagaRecord, evs: list[saga_log.NodeEvent]
+    ) -> tuple[SagaDefinition, str]:
+        """The definition and params to continue a logged saga, or SagaUnrecoverable."""
+        definition = self._defs.get(rec.name)
+        if definition is None:
+            known = ", ".join(sorted(self._defs)) or "none"
+            raise SagaUnrecoverable(
+                f"saga {rec.id}: unknown saga name {rec.name!r} (this udx knows: {known})"
+            )
+        try:
+            params = json.loads(rec.params)
+        except ValueError as err:
+            raise SagaUnrecoverable(f"saga {rec.id}: params are not JSON: {err}") from None
+        if not isinstance(params, dict):
+            raise SagaUnrecoverable(f"saga {rec.id}: params are not a JSON object")
+        if definition.validate_params is not None:
+            try:
+                definition.validate_params(params)
+            except Exception as err:
+                raise SagaUnrecoverable(
+                    f"saga {rec.id}: params no longer valid: {one_line(err)}"
+                ) from None
+        names = {n.name for n in definition.nodes}
+        unknown = sorted({e.node_id for e in evs} - names)
+        if unknown:
+            raise SagaUnrecoverable(
+                f"saga {rec.id}: the log has nodes {', '.join(unknown)} that saga "
+                f"{rec.name!r} no longer has"
+            )
+        return definition, rec.params
+
+    def _recover_one(self, rec: saga_log.SagaRecord) -> SagaResult | None:
+        try:
+            with self._lock:
+                if rec.id in self._active:
+                    return None
+            adopted = self._adopt(rec.id)
+            if adopted is None:
+                return None  # another process adopted it first, or it finished
+            gen, state = adopted
+            with self.db.connect() as conn:
+                current = saga_log.get_required(conn, rec.id)
+                evs = saga_log.events(conn, rec.id)
+            try:
+                definition, params_json = self._resolve(current, evs)
+            except SagaUnrecoverable as err:
+                comment = str(err)
+                self.db.transaction(
+                    lambda c: saga_log.abandon(
+                        c,
+                        rec.id,
+                        reason="unrecoverable",
+                        comment=comment,
+                        now=utcnow(),
+                        owner=(self.sec_id, gen),
+                    ),
+                    name="saga abandon",
+                )
+                log.warning("saga %s abandoned as unrecoverable: %s", rec.id, comment)
+                return SagaResult(rec.id, rec.name, "abandoned", error=comment)
+            return self._drive(_Run(rec.id, definition, params_json, gen), state)
+        except Exception as err:  # one bad saga never blocks the rest
+            log.error("recovering saga %s failed: %s", rec.id, one_line(err))
+            return SagaResult(rec.id, rec.name, "interrupted", error=one_line(err))
+
+    # --- driving ------------------------------------------------------------------------
+
+    @contextmanager
+    def _active_saga(self, saga_id: uuid.UUID) -> Iterator[None]:
+        with self._lock:
+            if saga_id in self._active:
+                raise Conflict(f"saga {saga_id} is already being run by this process")
+            self._active.add(saga_id)
+            if self._keeper is None:
+                self._keeper = threading.Thread(
+                    target=self._keep_leases, name=f"saga-lease-{self.sec_id}", daemon=True
+                )
+                self._keeper.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active.discard(saga_id)
+
+    def _keep_leases(self) -> None:
+        # Renew well before expiry: three chances per lease period.
+        interval = self.lease_secs / 3
+        while not self._stop_keeper.wait(interval):
+            with self._lock:
+                ids = list(self._active)
+            if not ids:
+                continue
+            try:
+                self.db.transaction(partial(self._renew, ids), name="saga lease renewal")
+            except Exception as err:
+                # The driving threads' own writes still check ownership; a missed
+                # renewal only risks losing the saga to recovery, never two drivers.
+                log.warning("could not renew saga leases: %s", one_line(err))
+
+    def _renew(self, ids: list[uuid.UUID], conn: Connection) -> None:
+        saga_log.renew(conn, ids, self.sec_id, utcnow() + timedelta(seconds=self.lease_secs))
+
+    def _drive(self, run: _Run, state: str) -> SagaResult:
+        with self._active_saga(run.saga_id):
+            try:
+                return self._drive_owned(run, state)
+            except _Stop as stop:
+                level = logging.INFO if stop.outcome == "abandoned" else logging.WARNING
+                log.log(level, "saga %s: stopped driving it: %s", run.saga_id, stop.message)
+                return run.result(stop.outcome, stop.message)
+
+    def _drive_owned(self, run: _Run, state: str) -> SagaResult:
+        with self.db.connect() as conn:
+            evs = saga_log.events(conn, run.saga_id)
+        by_node: dict[str, dict[str, saga_log.NodeEvent]] = {}
+        for e in evs:
+            by_node.setdefault(e.node_id, {})[e.event_type] = e
+        for node in run.definition.nodes:
+            done = by_node.get(node.name, {}).get("succeeded")
+            if done is not None:
+                run.outputs[node.name] = done.decoded()
+            failed = by_node.get(node.name, {}).get("failed")
+            if failed is not None:
+                self._note_failure(run, node.name, failed.decoded())
+
+        if state == "running":
+            for node in run.definition.nodes:
+                if node.name in run.outputs:
+                    continue
+                if run.failed_node == node.name:
+                    # Logged as failed but the saga never turned unwinding: finish that step.
+                    self._write(run, ("running", "unwinding"), new_state="unwinding")
+                    break
+                self._write(run, ("running",), event=(node.name, "started", None))
+                ctx = self._context(run, node.name)
+                try:
+                    output = node.action(ctx)
+                    data = json.dumps(output, sort_keys=True)
+                except Exception as err:
+                    failure = {"error": one_line(err), "type": type(err).__name__}
+                    if isinstance(err, TypeError | ValueError) and "JSON" in str(err):
+                        failure["error"] = f"output is not JSON-serialisable: {one_line(err)}"
+                    self._note_failure(run, node.name, failure)
+                    log.info("saga %s: %s", run.saga_id, run.error)
+                    self._write(
+                        run,
+                        ("running", "unwinding"),
+                        event=(node.name, "failed", json.dumps(failure, sort_keys=True)),
+                        new_state="unwinding",
+                    )
+                    break
+                self._checkpoint(run.saga_id, "action_returned", node.name)
+                self._write(run, ("running",), event=(node.name, "succeeded", data))
+                run.outputs[node.name] = json.loads(data)
+            else:
+                self._write(run, ("running", "done"), new_state="done", outcome="succeeded")
+                return run.result("succeeded")
+        return self._unwind(run, by_node)
+
+    def _unwind(self, run: _Run, by_node: dict[str, dict[str, saga_log.NodeEvent]]) -> SagaResult:
+        for node in reversed(run.definition.nodes):
+            if node.name not in run.outputs or node.undo is None:
+                continue  # only what succeeded is undone; a failed action left nothing
+            if "undo_finished" in by_node.get(node.name, {}):
+                continue
+            self._write(run, ("unwinding",), event=(node.name, "undo_started", None))
+            try:
+                node.undo(self._context(run, node.name))
+            except Exception as err:
+                failure = {"error": one_line(err), "type": type(err).__name__}
+                message = f"undo of node {node.name} failed: {failure['error']}"
+                if run.error:
+                    message = f"{run.error}; {message}"
+                log.error("saga %s is stuck: %s", run.saga_id, message)
+                self._write(
+                    run,
+                    ("unwinding", "done"),
+                    event=(node.name, "undo_failed", json.dumps(failure, sort_keys=True)),
+                    new_state="done",
+                    outcome="stuck",
+                )
+                return run.result("stuck", message)
+            self._checkpoint(run.saga_id, "undo_returned", node.name)
+            self._write(run, ("unwinding",), event=(node.name, "undo_finished", None))
+        self._write(run, ("unwinding", "done"), new_state="done", outcome="unwound")
+        return run.result("unwound")
+
+    @staticmethod
+    def _note_failure(run: _Run, node: str, failure: Any) -> None:
+        info = failure if isinstance(failure, dict) else {"error": str(failure)}
+        run.failed_node = node
+        run.error = f"node {node} failed: {info.get('error', '?')}"
+        run.error_type = info.get("type")
+
+    def _context(self, run: _Run, node: str) -> ActionContext:
+        return ActionContext(
+            saga_id=run.saga_id,
+            params=json.loads(run.params_json),
+            node=node,
+            db=self.db,
+            deps=self.deps,
+            _outputs=types.MappingProxyType(dict(run.outputs)),
+        )
+
+    def _write(
+        self,
+        run: _Run,
+        states: tuple[str, ...],
+        *,
+        event: tuple[str, str, str | None] | None = None,
+        new_state: str | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        """One log write in one transaction, only while this executor owns the saga.
+
+        `states` are the saga states the write may find; a state change lists its
+        target too, so re-running a write whose commit was not acknowledged is a
+        no-op. Database errors are retried a few times; then this executor gives the
+        saga up ("interrupted") and recovery finishes it later.
+        """
+
+        def txn(conn: Connection) -> None:
+            now = utcnow()
+            if not saga_log.claim(
+                conn,
+                run.saga_id,
+                self.sec_id,
+                run.generation,
+                states=states,
+                lease_expires=now + timedelta(seconds=self.lease_secs),
+            ):
+                raise _NotOwner()
+            if event is not None:
+                saga_log.append_event(
+                    conn,
+                    saga_id=run.saga_id,
+                    node_id=event[0],
+                    event_type=event[1],
+                    data=event[2],
+                    creator=self.sec_id,
+                    now=now,
+                )
+            if new_state is not None:
+                saga_log.set_state(conn, run.saga_id, new_state, outcome=outcome)
+
+        delay = 0.1
+        for attempt in range(1, self._attempts + 1):
+            try:
+                self.db.transaction(txn, name="saga log write")
+                break
+            except _NotOwner:
+                raise self._why_not_owner(run) from None
+            except saga_log.EventMismatch as err:
+                raise _Stop("interrupted", str(err)) from None
+            except Exception as err:
+                if attempt == self._attempts:
+                    raise _Stop(
+                        "interrupted", f"cannot write the saga log: {one_line(err)}"
+                    ) from None
+                log.warning("saga %s: log write failed (%s); retrying", run.saga_id, one_line(err))
+                time.sleep(delay)
+                delay *= 3
+        kind = event[1] if event is not None else ("done" if new_state == "done" else new_state)
+        self._checkpoint(run.saga_id, kind or "state", event[0] if event else None)
+
+    def _why_not_owner(self, run: _Run) -> _Stop:
+        with self.db.connect() as conn:
+            rec = saga_log.get(conn, run.saga_id)
+        if rec is None:
+            return _Stop("interrupted", f"saga {run.saga_id} is no longer in the log")
+        if rec.saga_state == "abandoned":
+            return _Stop(
+                "abandoned",
+                f"saga {run.saga_id} was abandoned ({rec.abandon_reason}: {rec.abandon_comment})",
+            )
+        if rec.current_sec != self.sec_id or rec.adopt_generation != run.generation:
+            return _Stop(
+                "interrupted",
+                f"saga {run.saga_id} was adopted by process {rec.current_sec} "
+                f"(generation {rec.adopt_generation}); it continues there",
+            )
+        return _Stop("interrupted", f"saga {run.saga_id} is unexpectedly {rec.saga_state}")
+
+    def _checkpoint(self, saga_id: uuid.UUID, kind: str, node: str | None) -> None:
+        if self._hook is not None:
+            self._hook(Checkpoint(saga_id, kind, node))
+
+
+def abandon(db: Database, saga_id: uuid.UUID, reason: str, comment: str) -> None:
+    """Abandon a saga that is not done: nothing runs on it again. An executor driving
+    it stops at its next step (an action already running finishes).
+
+    NotFound: no such saga. Conflict: already done or abandoned. BadInput: empty
+    reason or comment.
+    """
+    if not reason.strip():
+        raise BadInput("abandoning a saga needs a reason")
+    if not comment.strip():
+        raise BadInput("abandoning a saga needs a comment")
+
+    def txn(conn: Connection) -> None:
+        saga_log.abandon(
+            conn, saga_id, reason=reason.strip(), comment=comment.strip(), now=utcnow()
+        )
+
+    db.transaction(txn, name="saga abandon")
