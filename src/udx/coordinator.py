@@ -297,14 +297,9 @@ class Coordinator:
     ) -> list[SagaResult | None]:
         if not jobs:
             return []
-        try:
-            results: list[SagaResult | None] = list(
-                self.executor.run_many(jobs, on_done=lambda _r: notify("advance", 1))
-            )
-        except TypeError:
-            # An executor without progress callbacks.
-            results = list(self.executor.run_many(jobs))
-            notify("advance", len(jobs))
+        results: list[SagaResult | None] = list(
+            self.executor.run_many(jobs, on_done=lambda _r: notify("advance", 1))
+        )
         return results
 
     # --- dry run ----------------------------------------------------------------------------------
