@@ -87,7 +87,7 @@ def _coerce(section: str, key: str, value: Any, default: Any, origin: str) -> An
         raise ConfigError(f"{where} must be true or false, not {value!r}")
     if isinstance(default, int):
         try:
-            if isinstance(value, float) or isinstance(value, bool):
+            if isinstance(value, (float, bool)):
                 raise ValueError
             return int(value)
         except (TypeError, ValueError):
@@ -113,7 +113,9 @@ def _coerce(section: str, key: str, value: Any, default: Any, origin: str) -> An
 def _apply(settings: Settings, data: dict[str, Any], origin: str) -> None:
     for section, values in data.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{origin}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
+            raise ConfigError(
+                f"{origin}: unknown section [{section}] (known: {', '.join(SECTIONS)})"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table")
         obj = getattr(settings, section)
@@ -128,14 +130,18 @@ def _apply(settings: Settings, data: dict[str, Any], origin: str) -> None:
 
 def _validate(s: Settings) -> None:
     if s.pantry.source not in SOURCES:
-        raise ConfigError(f"[pantry] source must be one of {', '.join(SOURCES)}, not {s.pantry.source!r}")
+        raise ConfigError(
+            f"[pantry] source must be one of {', '.join(SOURCES)}, not {s.pantry.source!r}"
+        )
     if s.database.isolation not in ISOLATION_LEVELS:
         raise ConfigError(
             f"[database] isolation must be one of {', '.join(ISOLATION_LEVELS)}, "
             f"not {s.database.isolation!r}"
         )
     if not 1 <= s.coordinator.concurrency <= 256:
-        raise ConfigError(f"[coordinator] concurrency must be 1..256, not {s.coordinator.concurrency}")
+        raise ConfigError(
+            f"[coordinator] concurrency must be 1..256, not {s.coordinator.concurrency}"
+        )
     for key in ("request_timeout_secs", "retry_budget_secs"):
         if not getattr(s.pantry, key) > 0:
             raise ConfigError(f"[pantry] {key} must be positive")

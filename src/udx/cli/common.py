@@ -61,10 +61,16 @@ def state() -> AppState:
     return STATE
 
 
+# Piped output is for grep and awk: never fold a UUID over several lines.
+PIPE_WIDTH = 4096
+
+
 def stdout_console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    if is_terminal():
+        return Console(highlight=False, soft_wrap=False)
+    return Console(highlight=False, soft_wrap=False, width=PIPE_WIDTH)
 
 
 def stderr_console() -> Console:
@@ -78,12 +84,22 @@ def is_terminal() -> bool:
 
 
 def table(*columns: str, title: str | None = None) -> Table:
-    """A Rich table: boxed on a terminal, plain aligned columns when piped."""
+    """A Rich table: boxed on a terminal, plain aligned columns when piped.
+
+    String cells are literal text, never Rich markup: "[fd00::1]:17000" is an
+    address, not a style tag (pass a rich Text to style a cell).
+    """
     from rich import box
     from rich.table import Table
+    from rich.text import Text
+
+    class LiteralTable(Table):
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            cells = [Text(r) if isinstance(r, str) else r for r in renderables]
+            super().add_row(*cells, **kwargs)
 
     tty = is_terminal()
-    t = Table(
+    t = LiteralTable(
         title=title if tty else None,
         box=box.ROUNDED if tty else None,
         show_edge=tty,

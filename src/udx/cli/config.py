@@ -13,14 +13,16 @@ app = typer.Typer(help="Write and show the configuration.", no_args_is_help=True
 
 @app.command("init")
 def init(
-    path: Path | None = typer.Argument(None, help="Where to write (default: --config or the user config dir)."),
+    path: Path | None = typer.Argument(
+        None, help="Where to write (default: --config or the user config dir)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a config file holding every key with its effective value."""
     from udx.config import Settings, default_config_path, write_settings
 
     st = state()
-    target = path or Path(st.config_path) if (path or st.config_path) else default_config_path()
+    target = path or (Path(st.config_path) if st.config_path else default_config_path())
     settings = Settings()
     if st.db_url:
         settings.database.url = st.db_url

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from udx.cli.common import print_json, print_table, state, stdout_console, table
+
+if TYPE_CHECKING:
+    from udx.exports_ops import ExportOpResult
 
 app = typer.Typer(
     help="List, show, create and delete user data export records.", no_args_is_help=True
@@ -130,7 +135,7 @@ def delete(
     _report(result, as_json)
 
 
-def _report(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def _report(result: ExportOpResult, as_json: bool) -> None:
     from udx.domain.errors import EXIT_FAILED
 
     if as_json:

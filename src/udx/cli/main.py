@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import typer
@@ -24,7 +25,7 @@ from udx.domain.errors import EXIT_FAILED, UdxError
 try:  # typer >= 0.24 vendors click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException  # type: ignore[no-redef,import-not-found]
+    from click.exceptions import ClickException  # type: ignore[no-redef]
 
 
 def _error_line(message: str) -> None:
@@ -40,9 +41,24 @@ class UdxGroup(TyperGroup):
     With -v the traceback follows the line. Usage errors are exit 2 as in click.
     """
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
             code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
         except ClickException as err:
             _error_line(err.format_message())
@@ -66,7 +82,9 @@ class UdxGroup(TyperGroup):
                 _error_line(str(translated))
                 code = translated.exit_code
             else:
-                _error_line(f"internal error: {type(err).__name__}: {err} (run with -v for details)")
+                _error_line(
+                    f"internal error: {type(err).__name__}: {err} (run with -v for details)"
+                )
                 code = EXIT_FAILED
         finally:
             STATE.close()
@@ -105,7 +123,10 @@ app = typer.Typer(
 @app.callback()
 def main(
     db: str | None = typer.Option(
-        None, "--db", envvar="UDX_DATABASE_URL", help="Database URL (default: the embedded SQLite file).",
+        None,
+        "--db",
+        envvar="UDX_DATABASE_URL",
+        help="Database URL (default: the embedded SQLite file).",
         show_envvar=True,
     ),
     config: str | None = typer.Option(

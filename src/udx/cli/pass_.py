@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from udx.cli.common import is_terminal, print_json, print_table, state, stdout_console, table
 from udx.domain.errors import EXIT_FAILED
+
+if TYPE_CHECKING:
+    from udx.coordinator import Coordinator, DryRunReport, PassStatus
 
 
 def register(app: typer.Typer) -> None:
@@ -58,7 +62,7 @@ def pass_(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run_with_progress(coordinator, show: bool):  # type: ignore[no-untyped-def]
+def _run_with_progress(coordinator: Coordinator, show: bool) -> PassStatus:
     if not show:
         return coordinator.run_pass()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -81,7 +85,7 @@ def _run_with_progress(coordinator, show: bool):  # type: ignore[no-untyped-def]
         return coordinator.run_pass(progress=notify)
 
 
-def _render_status(status) -> None:  # type: ignore[no-untyped-def]
+def _render_status(status: PassStatus) -> None:
     from collections import Counter
 
     c = stdout_console()
@@ -105,7 +109,7 @@ def _render_status(status) -> None:  # type: ignore[no-untyped-def]
         c.print(f"error: {err}", markup=False)
 
 
-def _render_plan(report) -> None:  # type: ignore[no-untyped-def]
+def _render_plan(report: DryRunReport) -> None:
     t = table("step", "would", "export", "resource", "detail", title="dry run: the pass would")
     for s in report.steps:
         resource = f"{s.resource_type} {s.resource_id}" if s.resource_type else "-"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, ColumnElement, Select, exists, literal, not_, select, union_all
+from sqlalchemy import ColumnElement, Connection, Select, exists, literal, not_, select, union_all
 from sqlalchemy import update as sql_update
 
 from udx.datastore.exports import resource_gone, row_to_export
@@ -29,9 +29,9 @@ def _missing_records(kind: ResourceType) -> Select[Any]:
     has_record = exists().where(
         t.c.resource_id == tbl.c.id, t.c.resource_type == kind.value, _NOT_DELETED
     )
-    return select(
-        literal(kind.value).label("resource_type"), tbl.c.id.label("resource_id")
-    ).where(tbl.c.time_deleted.is_(None), not_(has_record))
+    return select(literal(kind.value).label("resource_type"), tbl.c.id.label("resource_id")).where(
+        tbl.c.time_deleted.is_(None), not_(has_record)
+    )
 
 
 def request_required(conn: Connection) -> list[ResourceRef]:

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, ColumnElement, and_, exists, not_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, exists, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from udx.db.schema import image, snapshot, user_data_export
@@ -237,8 +237,14 @@ def unassign(
         name="undo assigning",
         where=[t.c.state == S.ASSIGNING.value, *_lock_is(saga_id, generation)],
         values={"state": S.REQUESTED.value, "operating_saga_id": None},
-        already_done=lambda r: r.generation > generation
-        or (r.state is S.REQUESTED and r.operating_saga_id is None and r.generation == generation),
+        already_done=lambda r: (
+            r.generation > generation
+            or (
+                r.state is S.REQUESTED
+                and r.operating_saga_id is None
+                and r.generation == generation
+            )
+        ),
     )
 
 
@@ -263,12 +269,14 @@ def set_live(
             "pantry_port": pantry.port,
             "volume_id": volume_id,
         },
-        already_done=lambda r: r.generation > generation
-        or (
-            r.state is S.LIVE
-            and r.operating_saga_id is None
-            and r.pantry_address == pantry
-            and r.volume_id == volume_id
+        already_done=lambda r: (
+            r.generation > generation
+            or (
+                r.state is S.LIVE
+                and r.operating_saga_id is None
+                and r.pantry_address == pantry
+                and r.volume_id == volume_id
+            )
         ),
     )
 
@@ -312,8 +320,10 @@ def undelete(
             t.c.resource_deleted.is_(True),
         ],
         values={"state": S.LIVE.value, "operating_saga_id": None},
-        already_done=lambda r: r.generation > generation
-        or (r.state is S.LIVE and r.operating_saga_id is None and r.generation == generation),
+        already_done=lambda r: (
+            r.generation > generation
+            or (r.state is S.LIVE and r.operating_saga_id is None and r.generation == generation)
+        ),
     )
 
 

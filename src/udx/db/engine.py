@@ -152,7 +152,9 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def open_database(url: str, *, isolation: str = "SERIALIZABLE", create_dir: bool = True) -> Database:
+def open_database(
+    url: str, *, isolation: str = "SERIALIZABLE", create_dir: bool = True
+) -> Database:
     """Create a `Database` for `url`. Does not connect yet."""
     url = normalize_url(url)
     try:

@@ -80,9 +80,7 @@ def require_current(db: Database) -> None:
     """Exit-3 error unless the schema is exactly the version this udx needs."""
     st = status(db)
     if st.current is None:
-        raise SchemaOutOfDate(
-            f"the database {db.display_url} has no udx schema: run `udx db init`"
-        )
+        raise SchemaOutOfDate(f"the database {db.display_url} has no udx schema: run `udx db init`")
     if not st.up_to_date:
         if st.current not in all_revisions():
             raise SchemaOutOfDate(

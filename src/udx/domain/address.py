@@ -42,7 +42,7 @@ class PantryAddress:
         if raw.startswith("["):
             host, sep, port_text = raw[1:].partition("]:")
             if not sep:
-                raise BadInput(f"malformed pantry address {text!r}: expected \"[ipv6]:port\"")
+                raise BadInput(f'malformed pantry address {text!r}: expected "[ipv6]:port"')
             try:
                 ipaddress.IPv6Address(host)
             except ValueError:
@@ -51,7 +51,7 @@ class PantryAddress:
             host, sep, port_text = raw.rpartition(":")
             if not sep or ":" in host:
                 raise BadInput(
-                    f"malformed pantry address {text!r}: expected \"ip:port\" or \"[ipv6]:port\""
+                    f'malformed pantry address {text!r}: expected "ip:port" or "[ipv6]:port"'
                 )
             try:
                 ipaddress.IPv4Address(host)

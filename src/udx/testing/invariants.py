@@ -57,10 +57,10 @@ def check_invariants(
     for rec in records:
         if rec.state is not ExportState.LIVE:
             continue
-        addr = rec.pantry_address
-        if addr is None or rec.volume_id is None:
+        if rec.pantry_address is None or rec.volume_id is None:
             problems.append(f"live export {rec.id} has no pantry or no volume")
             continue
+        addr = rec.pantry_address
         if str(rec.volume_id) not in live_volumes:
             problems.append(f"live export {rec.id}: volume {rec.volume_id} has no live row")
         if attached is not None:
@@ -76,16 +76,16 @@ def check_invariants(
             for r in records
             if r.state in (ExportState.LIVE, ExportState.DELETING) and r.pantry_address
         }
-        for addr, vols in attached.items():
+        for where, vols in attached.items():
             for vid in vols:
-                if (addr, vid) not in holders:
-                    problems.append(f"orphan attachment: volume {vid} on {addr} has no live record")
+                if (where, vid) not in holders:
+                    problems.append(f"orphan attachment: volume {vid} on {where} has no live record")
 
     expected: Counter[str] = Counter()
     for vid, data in live_volumes.items():
         try:
             expected.update(read_only_targets(json.loads(data)))
-        except (ValueError, TypeError, Exception) as err:  # a corrupt row is its own problem
+        except Exception as err:  # a corrupt row is its own problem, not a crash
             problems.append(f"volume {vid}: unreadable data ({err})")
     for target, n in sorted(refs.items()):
         if expected[target] != n:

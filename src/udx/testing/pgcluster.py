@@ -40,7 +40,9 @@ class PostgresCluster:
     def __init__(self, *, max_connections: int = 300) -> None:
         bindir = find_bindir()
         if bindir is None:
-            raise PostgresUnavailable("initdb and pg_ctl not found (install PostgreSQL server binaries)")
+            raise PostgresUnavailable(
+                "initdb and pg_ctl not found (install PostgreSQL server binaries)"
+            )
         self.bindir = bindir
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="udx-pg-"))
@@ -59,8 +61,19 @@ class PostgresCluster:
         if self._as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
         os.chmod(self.root, 0o755)
-        r = self._run("initdb", "-D", str(self.datadir), "-A", "trust", "-U", self.user,
-                      "-E", "UTF8", "--no-sync", "--no-locale")
+        r = self._run(
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-A",
+            "trust",
+            "-U",
+            self.user,
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-locale",
+        )
         if r.returncode != 0:
             raise PostgresUnavailable(f"initdb failed: {r.stderr.strip()[-500:]}")
         opts = (
@@ -68,10 +81,21 @@ class PostgresCluster:
             f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             f"-c max_connections={self.max_connections} -c shared_buffers=128MB"
         )
-        r = self._run("pg_ctl", "-D", str(self.datadir), "-o", opts, "-l",
-                      str(self.root / "postgres.log"), "-w", "-t", "60", "start")
+        r = self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-o",
+            opts,
+            "-l",
+            str(self.root / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         if r.returncode != 0:
-            log = (self.root / "postgres.log")
+            log = self.root / "postgres.log"
             tail = log.read_text()[-800:] if log.exists() else r.stderr
             raise PostgresUnavailable(f"pg_ctl start failed: {tail.strip()}")
         return self
@@ -86,7 +110,7 @@ class PostgresCluster:
         with psycopg.connect(
             host="127.0.0.1", port=self.port, user=self.user, dbname="postgres", autocommit=True
         ) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql.encode())
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
