@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from udx.cli.common import print_json, state, stdout_console
 
+if TYPE_CHECKING:
+    from udx.db.engine import Database
+    from udx.db.migrate import SchemaStatus
+
 app = typer.Typer(help="Create, inspect and upgrade the database schema.", no_args_is_help=True)
+
+
+def _apply_migrations(db: Database, verb: str) -> SchemaStatus:
+    """Run the migrations (one transaction); a failure is one line, nothing applied."""
+    from sqlalchemy import exc
+
+    from udx.db import migrate
+    from udx.db.urls import mask_secrets
+    from udx.domain.errors import UdxError
+
+    try:
+        return migrate.upgrade(db)
+    except exc.DBAPIError as err:
+        translated = db.translate(err)
+        if isinstance(translated, UdxError):
+            raise translated from err
+        detail = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise UdxError(
+            f"could not {verb} the schema on {db.display_url} (the transaction was rolled "
+            f"back): {mask_secrets(detail, db.url)}"
+        ) from err
 
 
 @app.command("init")
@@ -23,7 +50,7 @@ def init() -> None:
         raise typer.BadParameter(
             f"the database already has schema version {before.current}: use `udx db upgrade`"
         )
-    after = migrate.upgrade(db)
+    after = _apply_migrations(db, "create")
     stdout_console().print(f"created schema version {after.current} on {db.display_url}")
 
 
@@ -62,7 +89,7 @@ def upgrade() -> None:
     if before.up_to_date:
         stdout_console().print(f"schema already at version {before.current}")
         return
-    after = migrate.upgrade(db)
+    after = _apply_migrations(db, "upgrade")
     stdout_console().print(
         f"upgraded schema from {before.current or 'nothing'} to {after.current} "
         f"({', '.join(before.pending)})"
