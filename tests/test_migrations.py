@@ -96,11 +96,6 @@ def test_older_schema_asks_for_upgrade(empty_db_url: str, tmp_path: Path) -> Non
         assert udx.json("changeset")["create_required"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in udx.db.migrate.status (not ours to fix): revisions.index(current) raises "
-    "ValueError for a revision this udx does not know, before require_current can say so",
-)
 def test_unknown_schema_version_asks_to_upgrade_udx(empty_db_url: str, tmp_path: Path) -> None:
     db = open_database(empty_db_url)
     try:

@@ -31,7 +31,8 @@ except ImportError:  # pragma: no cover
 def _error_line(message: str) -> None:
     from udx.db.urls import mask_url
 
-    sys.stderr.write(f"udx: error: {mask_url(message)}\n")
+    lines = mask_url(message).strip().splitlines() or ["(no message)"]
+    sys.stderr.write(f"udx: error: {lines[0]}\n")
     sys.stderr.flush()
 
 

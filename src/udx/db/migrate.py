@@ -63,7 +63,12 @@ class SchemaStatus:
 def status(db: Database) -> SchemaStatus:
     current = current_revision(db)
     revisions = all_revisions()
-    pending = revisions if current is None else revisions[revisions.index(current) + 1 :]
+    if current is None:
+        pending = revisions
+    elif current in revisions:
+        pending = revisions[revisions.index(current) + 1 :]
+    else:  # written by a newer udx: nothing this version could apply
+        pending = []
     return SchemaStatus(current=current, head=revisions[-1], pending=pending)
 
 
