@@ -157,3 +157,16 @@ def test_pick_pantry_none_available(three: list[SimulatedPantry]) -> None:
         pick_pantry(StaticInventory([s.address for s in three]), timeout=1)
     with pytest.raises(NoPantryAvailable, match="no pantry is in service"):
         pick_pantry(StaticInventory([]), timeout=1)
+
+
+def test_ipv6_loopback() -> None:
+    try:
+        s = SimulatedPantry("::1").start()
+    except OSError as err:  # a machine without IPv6 on loopback
+        pytest.skip(f"no IPv6 loopback: {err}")
+    try:
+        assert str(s.address).startswith("[::1]:")
+        with PantryClient(s.address, timeout=2) as c:
+            assert c.status().volumes == []
+    finally:
+        s.stop()
