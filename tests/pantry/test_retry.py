@@ -250,3 +250,42 @@ def test_detach_ok_if_gone_raises_real_failures(sim: SimulatedPantry) -> None:
     sim.fail_next(10_000, 500)
     with pytest.raises(PantryError, match="gave up"):
         rp.detach_ok_if_gone(uuid.uuid4())
+
+
+def test_per_attempt_timeout_never_exceeds_the_configured_one() -> None:
+    import httpx
+
+    seen: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"]["read"])
+        return httpx.Response(503, json={"message": "busy", "request_id": "r"})
+
+    address = PantryAddress.parse("127.0.0.1:9")
+    clock = FakeClock()
+    rp = RetryingPantry(
+        address,
+        FakeInventory(address),
+        timeout=0.2,
+        budget_secs=3.0,
+        transport=httpx.MockTransport(handler),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    with pytest.raises(PantryError):
+        rp.status()
+    assert seen and max(seen) == 0.2
+    rp = RetryingPantry(
+        address,
+        FakeInventory(address),
+        timeout=10.0,
+        budget_secs=3.0,
+        transport=httpx.MockTransport(handler),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    seen.clear()
+    with pytest.raises(PantryError):
+        rp.status()
+    assert seen[0] == 3.0 and seen == sorted(seen, reverse=True)  # cut to the budget left
+    assert min(seen) >= 0.5

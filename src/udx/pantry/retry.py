@@ -133,7 +133,7 @@ class RetryingPantry:
             remaining = deadline - self._clock()
             # Each attempt's timeout is cut to what is left of the budget so a
             # hanging pantry cannot stretch the call far past it.
-            per_try = max(MIN_ATTEMPT_TIMEOUT, min(self.timeout, remaining))
+            per_try = min(self.timeout, max(MIN_ATTEMPT_TIMEOUT, remaining))
             try:
                 return fn(per_try)
             except PantryError as err:
