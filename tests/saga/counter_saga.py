@@ -164,7 +164,9 @@ def non_idempotent_saga() -> SagaDefinition:
         _unstep(ctx, "debit", ctx.params["from"], -ctx.params["amount"], guarded=False)
 
     base = transfer_saga()
-    nodes = [Node("debit", bad_debit, bad_undo_debit) if n.name == "debit" else n for n in base.nodes]
+    nodes = [
+        Node("debit", bad_debit, bad_undo_debit) if n.name == "debit" else n for n in base.nodes
+    ]
     return SagaDefinition("test-transfer", nodes, base.validate_params)
 
 

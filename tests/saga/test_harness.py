@@ -22,7 +22,7 @@ def harness_for(db_url: str, db: Database, definition: object) -> SagaHarness:
         params=counter_saga.params,
         world=lambda: counter_saga.world(db),
         deps=DEPS,
-        lease_secs=0.2,
+        lease_secs=0.1,
     )
 
 
@@ -59,15 +59,13 @@ def test_correct_saga_survives_a_crash_at_each_point_while_unwinding(
 
 
 def test_harness_catches_a_non_idempotent_action(db_url: str, db: Database) -> None:
-    with harness_for(db_url, db, counter_saga.non_idempotent_saga()) as h:
-        with pytest.raises(HarnessFailure, match="every action executed twice"):
-            h.check_actions_idempotent()
+    with harness_for(db_url, db, counter_saga.non_idempotent_saga()) as h, pytest.raises(HarnessFailure, match="every action executed twice"):
+        h.check_actions_idempotent()
 
 
 def test_harness_catches_a_broken_undo(db_url: str, db: Database) -> None:
-    with harness_for(db_url, db, counter_saga.broken_undo_saga()) as h:
-        with pytest.raises(HarnessFailure, match="failure injected at node 'receipt'"):
-            h.check_unwind_at_each_node()
+    with harness_for(db_url, db, counter_saga.broken_undo_saga()) as h, pytest.raises(HarnessFailure, match="failure injected at node 'receipt'"):
+        h.check_unwind_at_each_node()
 
 
 def test_harness_catches_a_non_idempotent_undo(db_url: str, db: Database) -> None:
@@ -79,12 +77,10 @@ def test_harness_catches_a_non_idempotent_undo(db_url: str, db: Database) -> Non
 
 def test_crash_check_catches_a_non_idempotent_action(db_url: str, db: Database) -> None:
     # The child dies after the debit ran but before it was logged: recovery debits again.
-    with harness_for(db_url, db, "tests.saga.counter_saga:non_idempotent_saga") as h:
-        with pytest.raises(HarnessFailure, match=r"after action_returned debit"):
-            h.check_crash_at_each_point()
+    with harness_for(db_url, db, "tests.saga.counter_saga:non_idempotent_saga") as h, pytest.raises(HarnessFailure, match=r"after action_returned debit"):
+        h.check_crash_at_each_point()
 
 
 def test_crash_check_needs_an_importable_saga(db_url: str, db: Database) -> None:
-    with harness_for(db_url, db, counter_saga.transfer_saga()) as h:
-        with pytest.raises(HarnessUsageError, match="module:function"):
-            h.check_crash_at_each_point()
+    with harness_for(db_url, db, counter_saga.transfer_saga()) as h, pytest.raises(HarnessUsageError, match="module:function"):
+        h.check_crash_at_each_point()

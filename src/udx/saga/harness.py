@@ -298,7 +298,7 @@ class SagaHarness:
             )
         if self.deps_spec is not None and not isinstance(self.deps_spec, str):
             raise HarnessUsageError("the crash check needs deps as a 'module:function' path")
-        start0, end, _ = self.baseline()
+        _, end, _ = self.baseline()
         definition = transform(self.definition, fail_at=fail_at)
         total = 0
 
@@ -310,34 +310,57 @@ class SagaHarness:
         if fail_at is not None:
             self._expect_unwound(result, fail_at, f"failure injected at node {fail_at!r}")
 
-        for point in range(1, total + 1):
-            scenario = f"crash at checkpoint {point} of {total}" + (
-                f" (failure injected at {fail_at!r})" if fail_at else ""
-            )
+        spare: subprocess.Popen[str] | None = self._spawn_child(fail_at)
+        try:
+            for point in range(1, total + 1):
+                assert spare is not None
+                child, spare = spare, (self._spawn_child(fail_at) if point < total else None)
+                self._crash_once(definition, child, point, total, fail_at, end)
+        finally:
+            if spare is not None:
+                spare.kill()
+                spare.communicate()
+        return total
+
+    def _crash_once(
+        self,
+        definition: SagaDefinition,
+        child: subprocess.Popen[str],
+        point: int,
+        total: int,
+        fail_at: str | None,
+        end: Any,
+    ) -> None:
+        scenario = f"crash at checkpoint {point} of {total}" + (
+            f" (failure injected at {fail_at!r})" if fail_at else ""
+        )
+        try:
             self.reset()
             params = self._params()
             start = self.world()
             saga_id = uuid.uuid4()
-            where = self._run_child(saga_id, params, point, fail_at, scenario)
-            scenario += f" (after {where})"
-            self._recover(definition, saga_id, scenario)
-            with self.db.connect() as conn:
-                rec = saga_log.get_required(conn, saga_id)
-            if rec.saga_state != "done" or rec.outcome not in ("succeeded", "unwound"):
+        finally:
+            if sys.exc_info()[0] is not None:
+                child.kill()
+                child.communicate()
+        where = self._run_child(child, saga_id, params, point, scenario)
+        scenario += f" (after {where})"
+        self._recover(definition, saga_id, scenario)
+        with self.db.connect() as conn:
+            rec = saga_log.get_required(conn, saga_id)
+        if rec.saga_state != "done" or rec.outcome not in ("succeeded", "unwound"):
+            raise HarnessFailure(
+                f"{self.definition.name}: {scenario}: after recovery the saga is "
+                f"{rec.saga_state} (outcome {rec.outcome})"
+            )
+        if rec.outcome == "succeeded":
+            if fail_at is not None:
                 raise HarnessFailure(
-                    f"{self.definition.name}: {scenario}: after recovery the saga is "
-                    f"{rec.saga_state} (outcome {rec.outcome})"
+                    f"{self.definition.name}: {scenario}: succeeded despite the failure"
                 )
-            if rec.outcome == "succeeded":
-                if fail_at is not None:
-                    raise HarnessFailure(
-                        f"{self.definition.name}: {scenario}: succeeded despite the failure"
-                    )
-                self._expect_world(end, scenario, "the end of a normal run")
-            else:
-                self._expect_world(start, scenario, "the start (the saga unwound)")
-        del start0
-        return total
+            self._expect_world(end, scenario, "the end of a normal run")
+        else:
+            self._expect_world(start, scenario, "the start (the saga unwound)")
 
     def check_all(self, *, crash: bool = True) -> None:
         self.baseline()
@@ -349,41 +372,49 @@ class SagaHarness:
 
     # --- crash machinery ----------------------------------------------------------------
 
-    def _run_child(
-        self,
-        saga_id: uuid.UUID,
-        params: dict[str, Any],
-        kill_at: int,
-        fail_at: str | None,
-        scenario: str,
-    ) -> str:
-        spec = {
+    def _spawn_child(self, fail_at: str | None) -> subprocess.Popen[str]:
+        """Start a child that imports everything and connects, then waits on stdin for
+        its run (so its start-up overlaps the parent's recovery of the previous point)."""
+        static = {
             "db_url": self.db_url,
             "definition": self.definition_spec,
             "deps": self.deps_spec,
-            "params": params,
-            "saga_id": str(saga_id),
-            "kill_at": kill_at,
             "fail_at": fail_at,
             "lease_secs": self.lease_secs,
         }
         env = dict(os.environ)
         # The child must import what this process can (the saga's test module).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        proc = subprocess.run(
-            [sys.executable, "-m", "udx.saga.harness", json.dumps(spec)],
+        return subprocess.Popen(
+            [sys.executable, "-m", "udx.saga.harness", json.dumps(static)],
             env=env,
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=self.child_timeout_secs,
-            check=False,
         )
-        if proc.returncode != -signal.SIGKILL:
+
+    def _run_child(
+        self,
+        child: subprocess.Popen[str],
+        saga_id: uuid.UUID,
+        params: dict[str, Any],
+        kill_at: int,
+        scenario: str,
+    ) -> str:
+        run = {"params": params, "saga_id": str(saga_id), "kill_at": kill_at}
+        try:
+            out, err = child.communicate(json.dumps(run) + "\n", timeout=self.child_timeout_secs)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise HarnessFailure(f"{scenario}: the child process hung") from None
+        if child.returncode != -signal.SIGKILL:
             raise HarnessUsageError(
-                f"{scenario}: the child process was not killed (exit {proc.returncode}); "
-                f"stderr:\n{proc.stderr[-2000:]}"
+                f"{scenario}: the child process was not killed (exit {child.returncode}); "
+                f"stderr:\n{err[-2000:]}"
             )
-        return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "?"
+        return out.strip().splitlines()[-1] if out.strip() else "?"
 
     def _recover(self, definition: SagaDefinition, saga_id: uuid.UUID, scenario: str) -> None:
         with self.db.connect() as conn:
@@ -408,10 +439,18 @@ class SagaHarness:
                 time.sleep(self.lease_secs / 4)
 
 
-def _child(spec: dict[str, Any]) -> None:
-    """The child side of the crash check: run the saga, SIGKILL self at checkpoint N."""
-    db = open_database(spec["db_url"])
-    definition = transform(load_definition(spec["definition"]), fail_at=spec.get("fail_at"))
+def _child(static: dict[str, Any]) -> None:
+    """The child side of the crash check: get ready, read the run from stdin, run the
+    saga and SIGKILL self at checkpoint N."""
+    db = open_database(static["db_url"])
+    definition = transform(load_definition(static["definition"]), fail_at=static.get("fail_at"))
+    deps = _make_deps(static.get("deps"), db)
+    with db.connect():
+        pass  # connect now, while the parent is still busy
+    line = sys.stdin.readline()
+    if not line:
+        return  # the parent did not need this spare child
+    spec = json.loads(line)
     seen = 0
 
     def hook(cp: Checkpoint) -> None:
@@ -424,11 +463,7 @@ def _child(spec: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     executor = SagaExecutor(
-        db,
-        [definition],
-        deps=_make_deps(spec.get("deps"), db),
-        lease_secs=float(spec["lease_secs"]),
-        on_checkpoint=hook,
+        db, [definition], deps=deps, lease_secs=float(static["lease_secs"]), on_checkpoint=hook
     )
     result = executor.run(definition.name, spec["params"], saga_id=uuid.UUID(spec["saga_id"]))
     sys.stdout.write(f"finished: {result.outcome}\n")
