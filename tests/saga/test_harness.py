@@ -59,12 +59,18 @@ def test_correct_saga_survives_a_crash_at_each_point_while_unwinding(
 
 
 def test_harness_catches_a_non_idempotent_action(db_url: str, db: Database) -> None:
-    with harness_for(db_url, db, counter_saga.non_idempotent_saga()) as h, pytest.raises(HarnessFailure, match="every action executed twice"):
+    with (
+        harness_for(db_url, db, counter_saga.non_idempotent_saga()) as h,
+        pytest.raises(HarnessFailure, match="every action executed twice"),
+    ):
         h.check_actions_idempotent()
 
 
 def test_harness_catches_a_broken_undo(db_url: str, db: Database) -> None:
-    with harness_for(db_url, db, counter_saga.broken_undo_saga()) as h, pytest.raises(HarnessFailure, match="failure injected at node 'receipt'"):
+    with (
+        harness_for(db_url, db, counter_saga.broken_undo_saga()) as h,
+        pytest.raises(HarnessFailure, match="failure injected at node 'receipt'"),
+    ):
         h.check_unwind_at_each_node()
 
 
@@ -77,10 +83,16 @@ def test_harness_catches_a_non_idempotent_undo(db_url: str, db: Database) -> Non
 
 def test_crash_check_catches_a_non_idempotent_action(db_url: str, db: Database) -> None:
     # The child dies after the debit ran but before it was logged: recovery debits again.
-    with harness_for(db_url, db, "tests.saga.counter_saga:non_idempotent_saga") as h, pytest.raises(HarnessFailure, match=r"after action_returned debit"):
+    with (
+        harness_for(db_url, db, "tests.saga.counter_saga:non_idempotent_saga") as h,
+        pytest.raises(HarnessFailure, match=r"after action_returned debit"),
+    ):
         h.check_crash_at_each_point()
 
 
 def test_crash_check_needs_an_importable_saga(db_url: str, db: Database) -> None:
-    with harness_for(db_url, db, counter_saga.transfer_saga()) as h, pytest.raises(HarnessUsageError, match="module:function"):
+    with (
+        harness_for(db_url, db, counter_saga.transfer_saga()) as h,
+        pytest.raises(HarnessUsageError, match="module:function"),
+    ):
         h.check_crash_at_each_point()
