@@ -362,7 +362,7 @@ def test_abandon_stops_a_running_saga_before_its_next_node(db: Database) -> None
 
 def test_recover_abandons_unrecoverable_sagas_and_finishes_the_rest(db: Database) -> None:
     rec = Recorder()
-    good = [insert_orphan(db, "rec", '{"p": %d}' % i) for i in range(3)]
+    good = [insert_orphan(db, "rec", json.dumps({"p": i})) for i in range(3)]
     unknown = insert_orphan(db, "retired-saga", "{}")
     not_json = insert_orphan(db, "rec", "{not json")
     invalid = insert_orphan(db, "rec", '{"q": 1}')
