@@ -85,7 +85,7 @@ def sims() -> Iterator[list[SimulatedPantry]]:
 
 def test_add_list_expunge(db_url: str) -> None:
     r = ok(udx(db_url, "pantry", "add", "[fd00::0001]:17000"))
-    assert "added" in r.stdout
+    assert "pantry [fd00::1]:17000 added" in r.stdout  # literal text, not Rich markup
     r = ok(udx(db_url, "pantry", "add", "[fd00::1]:17000"))
     assert "already in service" in r.stdout
     ok(udx(db_url, "pantry", "add", "127.0.0.1:17000"))
@@ -98,7 +98,7 @@ def test_add_list_expunge(db_url: str) -> None:
     r = udx(db_url, "pantry", "expunge", "[fd00::1]:17000")
     assert r.exit_code == 2 and "--yes" in r.stderr
     r = ok(udx(db_url, "pantry", "expunge", "[fd00:0::1]:17000", "--yes"))
-    assert "expunged" in r.stdout
+    assert "pantry [fd00::1]:17000 expunged" in r.stdout
     r = ok(udx(db_url, "pantry", "expunge", "[fd00::1]:17000", "--yes"))
     assert "already expunged" in r.stdout
     rows = json.loads(ok(udx(db_url, "pantry", "list", "--no-check", "--json")).stdout)

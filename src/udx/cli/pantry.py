@@ -157,7 +157,7 @@ def list_(
     console = stdout_console()
     for r in out:
         if r["error"]:
-            console.print(f"{r['address']}: {r['error']}")
+            console.print(f"{r['address']}: {r['error']}", markup=False)
 
 
 @app.command("affected")
@@ -189,7 +189,7 @@ def affected(
         return
     console = stdout_console()
     if only is not None and only in in_service:
-        console.print(f"pantry {only} is in service: no record on it will be marked")
+        console.print(f"pantry {only} is in service: no record on it will be marked", markup=False)
     t = table(
         "export", "resource", "state", "pantry", "volume", title="records the next pass marks"
     )
@@ -202,7 +202,7 @@ def affected(
             str(r.volume_id) if r.volume_id else "-",
         )
     print_table(t, "records the next pass marks")
-    console.print(f"{len(records)} record(s) on pantries out of service")
+    console.print(f"{len(records)} record(s) on pantries out of service", markup=False)
 
 
 @app.command("add")
@@ -220,7 +220,7 @@ def add(address: str = typer.Argument(..., help='"ip:port" or "[ipv6]:port".')) 
         "already_in_service": f"pantry {addr} is already in service",
         "returned_to_service": f"pantry {addr} was expunged; it is in service again",
     }[outcome]
-    stdout_console().print(message)
+    stdout_console().print(message, markup=False)
 
 
 @app.command("expunge")
@@ -248,7 +248,7 @@ def expunge(
         ]
     console = stdout_console()
     if not row.in_service:
-        console.print(f"pantry {addr} is already expunged")
+        console.print(f"pantry {addr} is already expunged", markup=False)
         return
     confirm(
         f"Expunge pantry {addr} ({len(on_it)} export record(s) on it will be torn down "
@@ -257,6 +257,6 @@ def expunge(
     )
     outcome = db.transaction(lambda conn: pantries.expunge(conn, addr), name="pantry expunge")
     if outcome == "expunged":
-        console.print(f"pantry {addr} expunged; {len(on_it)} export record(s) on it")
+        console.print(f"pantry {addr} expunged; {len(on_it)} export record(s) on it", markup=False)
     else:
-        console.print(f"pantry {addr} is already expunged")
+        console.print(f"pantry {addr} is already expunged", markup=False)
