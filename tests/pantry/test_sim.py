@@ -170,3 +170,16 @@ def test_ipv6_loopback() -> None:
             assert c.status().volumes == []
     finally:
         s.stop()
+
+
+def test_fail_next_replaces_pending_failures(sim: SimulatedPantry) -> None:
+    sim.fail_next(100, 500)
+    sim.fail_next(0)
+    with PantryClient(sim.address, timeout=2) as c:
+        assert c.status().volumes == []
+        sim.fail_next(5, 500)
+        sim.fail_next(1, 503)
+        with pytest.raises(PantryError) as info:
+            c.status()
+        assert info.value.status_code == 503
+        c.status()

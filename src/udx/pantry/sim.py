@@ -168,9 +168,11 @@ class SimulatedPantry:
     # --- fault injection ---------------------------------------------------------
 
     def fail_next(self, n: int, status: int = 500) -> None:
-        """The next `n` requests (any call) answer `status` with an error body."""
+        """The next `n` requests (any call) answer `status` with an error body.
+
+        Replaces any failures still pending, so `fail_next(0)` cancels them."""
         with self._lock:
-            self._fail_next.extend([status] * n)
+            self._fail_next = [status] * n
 
     def set_latency(self, secs: float) -> None:
         """Wait `secs` before answering each request."""
