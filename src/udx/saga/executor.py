@@ -242,8 +242,9 @@ class SagaExecutor:
     def close(self) -> None:
         """Stop the lease renewal thread. Sagas still being driven keep running in
         their threads but lose their leases."""
-        self._stop_keeper.set()
-        keeper = self._keeper
+        with self._lock:
+            keeper, self._keeper = self._keeper, None
+            self._stop_keeper.set()
         if keeper is not None:
             keeper.join(timeout=5)
 
@@ -399,6 +400,7 @@ class SagaExecutor:
                 raise Conflict(f"saga {saga_id} is already being run by this process")
             self._active.add(saga_id)
             if self._keeper is None:
+                self._stop_keeper = threading.Event()
                 self._keeper = threading.Thread(
                     target=self._keep_leases, name=f"saga-lease-{self.sec_id}", daemon=True
                 )
@@ -412,7 +414,8 @@ class SagaExecutor:
     def _keep_leases(self) -> None:
         # Renew well before expiry: three chances per lease period.
         interval = self.lease_secs / 3
-        while not self._stop_keeper.wait(interval):
+        stop = self._stop_keeper  # this thread's own stop flag (close() then run() again)
+        while not stop.wait(interval):
             with self._lock:
                 ids = list(self._active)
             if not ids:
