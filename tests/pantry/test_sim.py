@@ -183,3 +183,17 @@ def test_fail_next_replaces_pending_failures(sim: SimulatedPantry) -> None:
             c.status()
         assert info.value.status_code == 503
         c.status()
+
+
+def test_fail_next_for_one_method(sim: SimulatedPantry, vcr: Any) -> None:
+    sim.fail_next(2, 503, method="post")  # attach fails twice; status calls still answer
+    vid = uuid.uuid4()
+    with PantryClient(sim.address, timeout=2) as c:
+        assert c.status().volumes == []
+        for _ in range(2):
+            with pytest.raises(PantryError) as info:
+                c.attach(vid, vcr)
+            assert info.value.status_code == 503
+        assert c.status().volumes == []
+        c.attach(vid, vcr)
+    assert sim.attachments_created[str(vid)] == 1

@@ -92,6 +92,7 @@ class SimulatedPantry:
         self._thread: threading.Thread | None = None
         self._attachments: dict[str, dict[str, Any]] = {}
         self._fail_next: list[int] = []
+        self._fail_method: str | None = None
         self._detach_503 = 0
         self._latency = 0.0
         self.attach_calls: Counter[str] = Counter()  # attach requests received, per volume id
@@ -167,12 +168,14 @@ class SimulatedPantry:
 
     # --- fault injection ---------------------------------------------------------
 
-    def fail_next(self, n: int, status: int = 500) -> None:
-        """The next `n` requests (any call) answer `status` with an error body.
+    def fail_next(self, n: int, status: int = 500, method: str | None = None) -> None:
+        """The next `n` requests answer `status` with an error body; with `method`
+        (e.g. "POST" for attach) only requests of that method count and fail.
 
         Replaces any failures still pending, so `fail_next(0)` cancels them."""
         with self._lock:
             self._fail_next = [status] * n
+            self._fail_method = method.upper() if method else None
 
     def set_latency(self, secs: float) -> None:
         """Wait `secs` before answering each request."""
@@ -285,7 +288,7 @@ class SimulatedPantry:
                 self.attach_calls[volume_id or ""] += 1
             elif op == "detach":
                 self.detach_calls[volume_id or ""] += 1
-            if self._fail_next:
+            if self._fail_next and self._fail_method in (None, method):
                 status = self._fail_next.pop(0)
                 return status, _error(rid, _reason(status), "Injected")
             if op == "status":
