@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# "interrupted": this process lost the saga (lease, or the log could not be
+# written); recovery finishes it later, but this pass did not.
+FAILED_OUTCOMES = ("unwound", "stuck", "interrupted")
+
 # Saga nodes where a Conflict means another pass or saga got there first.
 _RACE_NODES = {"read_generation", "lock"}
 
@@ -37,7 +41,7 @@ class SagaInvocation:
     resource_type: str
     resource_id: str
     saga_id: str | None
-    outcome: str  # succeeded | unwound | stuck | skipped
+    outcome: str  # succeeded | unwound | stuck | interrupted | skipped
     error: str | None = None
 
 
@@ -61,7 +65,7 @@ class PassStatus:
     @property
     def failed(self) -> bool:
         sagas = [*self.create_invoked_ok, *self.delete_invoked_ok]
-        return bool(self.errors) or any(s.outcome in ("unwound", "stuck") for s in sagas)
+        return bool(self.errors) or any(s.outcome in FAILED_OUTCOMES for s in sagas)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -175,7 +179,7 @@ class Coordinator:
             recovered = self.executor.recover()
             status.sagas_recovered = len(recovered)
             for r in recovered:
-                if r.outcome not in ("succeeded", "unwound"):
+                if r.outcome in ("stuck", "interrupted"):
                     status.errors.append(f"recovered saga {r.saga_id} ({r.name}): {r.outcome}")
         except UdxError as err:
             status.errors.append(f"saga recovery failed: {err}")
@@ -252,7 +256,7 @@ class Coordinator:
         for rec, res in zip(deletes, delete_results, strict=True):
             status.delete_invoked_ok.append(_invocation(rec, res))
         for inv in [*status.create_invoked_ok, *status.delete_invoked_ok]:
-            if inv.outcome in ("unwound", "stuck"):
+            if inv.outcome in FAILED_OUTCOMES:
                 status.errors.append(
                     f"saga {inv.saga_id} for export {inv.export_id} {inv.outcome}: {inv.error}"
                 )

@@ -24,7 +24,7 @@ class ExportOpResult:
 
     @property
     def failed(self) -> bool:
-        return self.outcome in ("unwound", "stuck")
+        return self.outcome in ("unwound", "stuck", "interrupted")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -37,18 +37,14 @@ def build_runtime(
     transport: Any = None,
 ) -> Runtime:
     from udx.coordinator import Coordinator
-    from udx.pantry.inventory import inventory_from_settings
     from udx.saga import SagaExecutor
-    from udx.sagas import definitions
-    from udx.sagas.deps import ExportSagaDeps
+    from udx.sagas import definitions, make_deps
 
-    inv = inventory if inventory is not None else inventory_from_settings(settings, db)
-    deps = ExportSagaDeps(
-        inventory=inv,
-        request_timeout_secs=settings.pantry.request_timeout_secs,
-        retry_budget_secs=settings.pantry.retry_budget_secs,
-        transport=transport,
-    )
+    deps = make_deps(db, settings)
+    if inventory is not None:
+        deps.inventory = inventory
+    deps.transport = transport
+    inv = deps.inventory
     executor = SagaExecutor(
         db,
         definitions(),

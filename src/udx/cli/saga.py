@@ -20,9 +20,11 @@ def _ts(value: Any) -> str:
 
 
 def _executor(db: Database) -> SagaExecutor:
+    from udx import sagas
     from udx.saga import SagaExecutor
     from udx.saga.registry import default_definitions, default_deps
 
+    sagas.register()
     settings = state().settings()
     return SagaExecutor(
         db,
