@@ -1,0 +1,137 @@
+"""The export create and delete sagas through the saga harness (issue 5): every
+action twice, failure at each node, every undo twice, a crash at each point.
+The world checked is the export record, the volumes, the region snapshot
+reference counts and the simulated pantries' attachments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from udx.db.engine import Database
+from udx.pantry.sim import SimulatedPantry, start_simulated_pantries
+from udx.saga import SagaExecutor
+from udx.saga.harness import SagaHarness
+from udx.sagas import CREATE_SAGA, DELETE_SAGA
+
+from . import export_world as w
+
+
+@pytest.fixture
+def sims(db: Database) -> Iterator[list[SimulatedPantry]]:
+    from udx.datastore import pantries
+
+    started = start_simulated_pantries(2)
+    with db.begin() as conn:
+        for sim in started:
+            pantries.add(conn, sim.address)
+    yield started
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def image_id(db: Database):
+    return w.seed_image(db)
+
+
+def _create_harness(db_url, db, sims, image_id) -> SagaHarness:
+    return SagaHarness(
+        db_url,
+        "udx.sagas.export_create:CREATE_SAGA",
+        reset=lambda: w.reset_requested(db, sims, image_id),
+        params={"export_id": str(w.EXPORT_ID)},
+        world=lambda: w.world(db, sims),
+        deps="tests.sagas.export_world:make_deps",
+        lease_secs=0.2,
+    )
+
+
+def _delete_harness(db_url, db, sims, image_id) -> SagaHarness:
+    return SagaHarness(
+        db_url,
+        "udx.sagas.export_delete:DELETE_SAGA",
+        reset=lambda: w.reset_live_marked(db, sims, image_id),
+        params=lambda: w.delete_params(db),
+        world=lambda: w.world(db, sims),
+        deps="tests.sagas.export_world:make_deps",
+        lease_secs=0.2,
+    )
+
+
+def test_create_saga_normal_run(db_url, db, sims, image_id):
+    with _create_harness(db_url, db, sims, image_id) as h:
+        start, end, _ = h.baseline()
+    assert start["record"] == ("requested", True, False, False, False)
+    assert end["record"] == ("live", True, False, True, True)
+    assert end["attachments"] == 1 and end["attached_where_recorded"] is True
+    assert end["live_volumes"] == start["live_volumes"] + 1
+    assert {n for _a, n, _d in end["region_snapshots"]} == {2}  # source + copy
+    assert sum(s.total_attach_calls for s in sims) >= 1
+
+
+def test_create_saga_actions_twice_unwind_and_undo_twice(db_url, db, sims, image_id):
+    with _create_harness(db_url, db, sims, image_id) as h:
+        h.check_actions_idempotent()
+        assert h.check_unwind_at_each_node() == len(CREATE_SAGA.nodes)
+        h.check_undos_idempotent()
+
+
+def test_create_saga_crash_at_each_point(db_url, db, sims, image_id):
+    with _create_harness(db_url, db, sims, image_id) as h:
+        assert h.check_crash_at_each_point() > len(CREATE_SAGA.nodes)
+
+
+def test_create_saga_crash_while_unwinding(db_url, db, sims, image_id):
+    with _create_harness(db_url, db, sims, image_id) as h:
+        assert h.check_crash_at_each_point(fail_at="go_live") > 0
+
+
+# The delete saga's detach and volume deletion have no undo (DESIGN.md section 5):
+# a failure after them cannot put the attachment back. Up to and including the
+# detach node, a failure restores the world; after it, the record returns to
+# Live with resource_deleted still set, so the next pass runs the delete saga
+# again, which converges (detach is ok-if-gone, deleting a gone volume is a no-op).
+DELETE_REVERSIBLE = ["generate_lock_id", "read_generation", "lock", "detach"]
+
+
+def test_delete_saga_normal_run(db_url, db, sims, image_id):
+    with _delete_harness(db_url, db, sims, image_id) as h:
+        start, end, _ = h.baseline()
+    assert start["record"] == ("live", True, True, True, True)
+    assert start["attachments"] == 1
+    assert end["record"] == ("deleted", True, True, True, True)
+    assert end["attachments"] == 0
+    assert end["live_volumes"] == start["live_volumes"] - 1
+    assert {n for _a, n, _d in end["region_snapshots"]} == {1}
+
+
+def test_delete_saga_actions_twice_unwind_and_undo_twice(db_url, db, sims, image_id):
+    with _delete_harness(db_url, db, sims, image_id) as h:
+        h.check_actions_idempotent()
+        assert h.check_unwind_at_each_node(nodes=DELETE_REVERSIBLE) == 4
+        h.check_undos_idempotent(nodes=DELETE_REVERSIBLE)
+
+
+@pytest.mark.parametrize("node", ["delete_volume", "finish"])
+def test_delete_saga_failure_after_detach_converges_on_retry(db_url, db, sims, image_id, node):
+    from udx.saga.harness import transform
+
+    with _delete_harness(db_url, db, sims, image_id) as h:
+        _, end, _ = h.baseline()
+        _start, result = h._run(transform(DELETE_SAGA, fail_at=node))
+        assert result.outcome == "unwound" and result.failed_node == node
+        after = w.world(db, sims)
+        # Unlocked, back to Live, still marked: the next pass picks it up again.
+        assert after["record"] == ("live", True, True, True, True)
+        assert after["attachments"] == 0
+        with SagaExecutor(db, [DELETE_SAGA], deps=w.make_deps(db)) as ex:
+            retry = ex.run(DELETE_SAGA.name, w.delete_params(db))
+        assert retry.outcome == "succeeded", retry.error
+        assert w.world(db, sims) == end
+
+
+def test_delete_saga_crash_at_each_point(db_url, db, sims, image_id):
+    with _delete_harness(db_url, db, sims, image_id) as h:
+        assert h.check_crash_at_each_point() > len(DELETE_SAGA.nodes)
