@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,14 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 from udx.pantry.sim import SimulatedPantry
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-SPEC_PATH = SHARED / "spec" / "crucible-pantry-2.0.0.json"
-EXAMPLES = SHARED / "examples"
+# Vendored copies: the real Pantry OpenAPI document and sample requests.
+SPEC_PATH = REPO / "spec" / "crucible-pantry-2.0.0.json"
+EXAMPLES = REPO / "tests" / "data"
 
 
 def _missing(what: Path) -> None:
-    # CI always has shared/ beside the clone: there a missing file is a failure,
-    # never a silent skip of the contract tests.
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing")
-    pytest.skip(f"{what} is missing (shared/ is not beside the checkout)")
+    # The files are part of the repository: missing means a broken checkout.
+    pytest.fail(f"{what} is missing")
 
 
 def _spec_path() -> Path:

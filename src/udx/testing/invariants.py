@@ -79,7 +79,7 @@ def check_invariants(
         for where, vols in attached.items():
             for vid in vols:
                 if (where, vid) not in holders:
-                    problems.append(f"orphan attachment: volume {vid} on {where} has no live record")
+                    problems.append(f"orphan attachment: volume {vid} on {where}, no live record")
 
     expected: Counter[str] = Counter()
     for vid, data in live_volumes.items():
