@@ -11,6 +11,17 @@ from pathlib import Path
 
 from udx.coordinator import PassStatus
 
+# Every outcome a saga invocation can report (see coordinator.SagaInvocation).
+OUTCOMES = ("succeeded", "skipped", "unwound", "stuck", "interrupted")
+
+
+def _value(value: float) -> str:
+    """Integers exactly; floats with every digit (a Unix timestamp in `%g` loses
+    minutes: 1795677488.86 would read 1.79568e+09)."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
 
 def render_metrics(status: PassStatus, *, now: float | None = None) -> str:
     lines = []
@@ -19,12 +30,12 @@ def render_metrics(status: PassStatus, *, now: float | None = None) -> str:
         lines.append(f"# HELP udx_{name} {help_text}")
         lines.append(f"# TYPE udx_{name} {kind}")
         for labels, value in samples:
-            lines.append(f"udx_{name}{labels} {value:g}")
+            lines.append(f"udx_{name}{labels} {_value(value)}")
 
     sagas: list[tuple[str, float]] = []
     for kind, items in (("create", status.create_invoked_ok), ("delete", status.delete_invoked_ok)):
         counts = Counter(i.outcome for i in items)
-        for outcome in ("succeeded", "skipped", "unwound", "stuck"):
+        for outcome in OUTCOMES:
             sagas.append((f'{{saga="{kind}",outcome="{outcome}"}}', counts[outcome]))
     metric("pass_sagas", "Sagas the last pass ran, by kind and outcome.", "gauge", sagas)
     metric(

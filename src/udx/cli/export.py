@@ -135,8 +135,17 @@ def delete(
     _report(result, as_json)
 
 
+_FAILURE_HINTS = {
+    "unwound": "nothing was left behind; the next pass retries it",
+    "stuck": "an undo failed, a person must look: udx saga show {saga}",
+    "interrupted": "this run lost the saga; udx saga recover finishes it",
+}
+
+
 def _report(result: ExportOpResult, as_json: bool) -> None:
-    from udx.domain.errors import EXIT_FAILED
+    """The result on stdout; a failed saga also as one `udx: error:` line on
+    stderr (exit 1), like every other failure."""
+    from udx.domain.errors import UdxError
 
     if as_json:
         print_json(result.to_json())
@@ -151,7 +160,13 @@ def _report(result: ExportOpResult, as_json: bool) -> None:
             f"state {rec.state.value}, pantry {addr or '-'}, volume {rec.volume_id or '-'}",
             markup=False,
         )
-        if result.error:
+        if result.error and not result.failed:
             c.print(f"error: {result.error}", markup=False)
     if result.failed:
-        raise typer.Exit(EXIT_FAILED)
+        hint = _FAILURE_HINTS.get(result.outcome or "", "").format(saga=result.saga_id)
+        detail = (result.error or "").strip().splitlines()
+        raise UdxError(
+            f"export {result.record.id}: saga {result.saga_id} {result.outcome}"
+            + (f" ({hint})" if hint else "")
+            + (f": {detail[0]}" if detail else "")
+        )

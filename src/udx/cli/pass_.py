@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from udx.cli.common import is_terminal, print_json, print_table, state, stdout_console, table
-from udx.domain.errors import EXIT_FAILED
+from udx.domain.errors import EXIT_FAILED, BadInput, UdxError
 
 if TYPE_CHECKING:
     from udx.coordinator import Coordinator, DryRunReport, PassStatus
@@ -34,6 +34,10 @@ def pass_(
     exports. Exit 1 when the status has errors or a saga did not succeed."""
     from udx.runtime import build_runtime
 
+    if metrics_file is not None:
+        if dry_run:
+            raise BadInput("--metrics-file reports a pass that ran; it cannot go with --dry-run")
+        metrics_file = _check_metrics_path(metrics_file)
     st = state()
     db = st.database()
     runtime = build_runtime(db, st.settings(), concurrency=concurrency)
@@ -50,16 +54,40 @@ def pass_(
         status = _run_with_progress(runtime.coordinator, show=not as_json and is_terminal())
     finally:
         runtime.close()
-    if metrics_file is not None:
-        from udx.metrics import write_metrics
-
-        write_metrics(metrics_file, status)
+    # The status first: a metrics file that cannot be written must not hide it.
     if as_json:
         print_json(status.to_json())
     else:
         _render_status(status)
+    if metrics_file is not None:
+        from udx.metrics import write_metrics
+
+        try:
+            write_metrics(metrics_file, status)
+        except OSError as err:
+            raise UdxError(
+                f"cannot write the metrics file {metrics_file}: {err.strerror or err}"
+            ) from err
     if status.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _check_metrics_path(path: Path) -> Path:
+    """Fail before the pass (exit 2) when the metrics file cannot be written."""
+    import os
+
+    path = path.expanduser()
+    if path.is_dir():
+        raise BadInput(f"--metrics-file {path} is a directory; name a file in it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(
+            f"--metrics-file {path}: cannot create its directory: {err.strerror or err}"
+        ) from err
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise BadInput(f"--metrics-file {path}: the directory {path.parent} is not writable")
+    return path
 
 
 def _run_with_progress(coordinator: Coordinator, show: bool) -> PassStatus:
@@ -92,7 +120,7 @@ def _render_status(status: PassStatus) -> None:
     summary = table("item", "count", title="pass summary")
     creates = Counter(s.outcome for s in status.create_invoked_ok)
     deletes = Counter(s.outcome for s in status.delete_invoked_ok)
-    for outcome in ("succeeded", "skipped", "unwound", "stuck"):
+    for outcome in ("succeeded", "skipped", "unwound", "stuck", "interrupted"):
         if creates[outcome]:
             summary.add_row(f"create sagas {outcome}", str(creates[outcome]))
         if deletes[outcome]:
