@@ -12,6 +12,7 @@ from udx.domain.errors import EXIT_FAILED, BadInput, UdxError
 
 if TYPE_CHECKING:
     from udx.coordinator import Coordinator, DryRunReport, PassStatus
+    from udx.db.engine import Database
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +50,7 @@ def pass_(
             else:
                 _render_plan(report)
             if report.errors:
+                _exit_unavailable_if_database_down(db)
                 raise typer.Exit(EXIT_FAILED)
             return
         status = _run_with_progress(runtime.coordinator, show=not as_json and is_terminal())
@@ -69,7 +71,22 @@ def pass_(
                 f"cannot write the metrics file {metrics_file}: {err.strerror or err}"
             ) from err
     if status.failed:
+        _exit_unavailable_if_database_down(db)
         raise typer.Exit(EXIT_FAILED)
+
+
+def _exit_unavailable_if_database_down(db: Database) -> None:
+    """A pass that failed because its database went away exits 3 (unreachable),
+    not 1: probe it once. Any other probe failure leaves the exit code at 1."""
+    from udx.domain.errors import DatabaseUnavailable
+
+    try:
+        with db.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except DatabaseUnavailable:
+        raise
+    except Exception:
+        return
 
 
 def _check_metrics_path(path: Path) -> Path:

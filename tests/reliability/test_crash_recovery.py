@@ -1,0 +1,83 @@
+"""A pass SIGKILLed with many sagas in flight; the next pass, once the dead
+process's leases expire, recovers every saga and the fleet converges (issue 7)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from udx.db.schema import saga, saga_node_event
+
+from .conftest import (
+    assert_converged,
+    finish,
+    register,
+    run_pass,
+    saga_states,
+    seed_resources,
+    start_udx,
+    udx_env,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _counts(db) -> tuple[int, int, int]:
+    """(sagas running or unwinding, sagas done, node events)."""
+    with db.connect() as conn:
+        running = conn.execute(
+            select(func.count()).where(saga.c.saga_state.in_(("running", "unwinding")))
+        ).scalar_one()
+        done = conn.execute(select(func.count()).where(saga.c.saga_state == "done")).scalar_one()
+        events = conn.execute(select(func.count()).select_from(saga_node_event)).scalar_one()
+    return int(running), int(done), int(events)
+
+
+def test_sigkill_mid_pass_then_next_pass_recovers_everything(pg, pg_url, pantries):
+    register(pg, pantries.addresses)
+    live = seed_resources(pg, snapshots=150, project_images=50)
+    # Slow pantries keep sagas in the middle (status and attach calls take 0.15 s).
+    for i in range(3):
+        pantries.call(i, "set_latency", 0.15)
+    env = udx_env(pg_url, saga_lease_secs=1, pantry_request_timeout_secs=5)
+
+    proc = start_udx(["pass", "--json", "--concurrency", "32"], env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running, done, _ = _counts(pg)
+        if running >= 24 and done >= 10:
+            break
+        assert proc.poll() is None, f"the pass ended before it could be killed: {finish(proc)}"
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"never saw enough sagas in flight: {_counts(pg)}")
+    proc.send_signal(signal.SIGKILL)
+    killed = finish(proc)
+    assert killed.code == -signal.SIGKILL
+    running_at_kill, done_at_kill, _ = _counts(pg)
+    print(f"killed with {running_at_kill} sagas in flight, {done_at_kill} done")
+    assert running_at_kill >= 24
+
+    for i in range(3):
+        pantries.call(i, "set_latency", 0.0)
+    time.sleep(1.5)  # the dead process's leases (1 s) expire
+
+    t0 = time.monotonic()
+    after = run_pass(env, "--concurrency", "8")
+    secs = time.monotonic() - t0
+    assert after.status is not None, after.stderr[-2000:]
+    assert after.status["errors"] == [], after.status["errors"][:5]
+    assert after.code == 0, after.stderr[-2000:]
+    print(
+        f"recovery pass: {secs:.1f}s, {after.status['sagas_recovered']} sagas recovered, "
+        f"outcomes {dict(after.outcomes())}"
+    )
+    # Every saga the dead process left behind was adopted and finished by this pass.
+    assert after.status["sagas_recovered"] == running_at_kill
+    assert set(saga_states(pg)) == {"done:succeeded"}, saga_states(pg)
+    assert_converged(pg, pantries, live, [0, 1, 2])
+    # Each recovered create saga went on to Live: no record is left for another pass.
+    assert run_pass(env).outcomes() == {}
