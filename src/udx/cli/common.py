@@ -65,21 +65,34 @@ def state() -> AppState:
 PIPE_WIDTH = 4096
 
 
+def no_color() -> bool:
+    """NO_COLOR (https://no-color.org): set and not empty means no styling at all."""
+    return os.environ.get("NO_COLOR", "") != ""
+
+
 def stdout_console() -> Console:
     from rich.console import Console
 
+    # Rich's own NO_COLOR handling drops colours but keeps bold and italic escapes;
+    # color_system=None writes no escape sequence for styles at all.
+    style: dict[str, Any] = {"color_system": None} if no_color() else {}
     if is_terminal():
-        return Console(highlight=False, soft_wrap=False)
-    return Console(highlight=False, soft_wrap=False, width=PIPE_WIDTH)
+        return Console(highlight=False, soft_wrap=False, force_terminal=True, **style)
+    return Console(highlight=False, soft_wrap=False, width=PIPE_WIDTH, **style)
 
 
 def stderr_console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    style: dict[str, Any] = {"color_system": None} if no_color() else {}
+    return Console(stderr=True, highlight=False, **style)
 
 
 def is_terminal() -> bool:
+    """Whether stdout is a terminal; TTY_COMPATIBLE=1/0 overrides, as in Rich."""
+    forced = os.environ.get("TTY_COMPATIBLE", "")
+    if forced in ("0", "1"):
+        return forced == "1"
     return sys.stdout.isatty()
 
 

@@ -32,6 +32,7 @@ def demo(
     an empty one."""
     import uuid
 
+    from rich.text import Text
     from sqlalchemy import func, select
 
     from udx.cli.pass_ import _render_status
@@ -67,7 +68,10 @@ def demo(
 
     def say(text: str) -> None:
         c.print()
-        c.rule(text) if c.is_terminal else c.print(f"== {text}")
+        if c.is_terminal:
+            c.rule(Text(text))
+        else:
+            c.print(f"== {text}", markup=False)
 
     sims = start_simulated_pantries(pantries)
     settings = Settings()
@@ -93,7 +97,8 @@ def demo(
             resources.soft_delete(conn, ResourceType.SNAPSHOT, [gone])
         c.print(
             f"seeded {snapshots + 1} snapshots (one deleted), 2 project images, 1 silo image; "
-            f"started {len(sims)} simulated pantries: {', '.join(str(s.address) for s in sims)}"
+            f"started {len(sims)} simulated pantries: {', '.join(str(s.address) for s in sims)}",
+            markup=False,
         )
 
         def show_changeset() -> None:
@@ -157,7 +162,8 @@ def demo(
             "every live resource has exactly one Live export, attached once; no orphan "
             "attachments; volume references match"
         )
-        c.print(f"\nexplore it: udx --db {db.url} export list")
+        # The display form: a database URL is never printed with its password.
+        c.print(f"\nexplore it: udx --db {db.display_url} export list", markup=False)
     finally:
         for sim in sims:
             sim.stop()
