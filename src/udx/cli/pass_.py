@@ -117,6 +117,7 @@ def _run_with_progress(coordinator: Coordinator, show: bool) -> PassStatus:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        console=stdout_console(),
         transient=True,
     ) as progress:
         task = progress.add_task("sagas", total=None)
