@@ -17,16 +17,18 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 _SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"
+# Dialects with a native uuid type (CockroachDB's dialect is PostgreSQL's, renamed).
+_NATIVE_UUID = ("postgresql", "cockroachdb")
 
 
 class GUID(TypeDecorator[uuid.UUID]):
-    """uuid on PostgreSQL, 36-character lower-case text elsewhere."""
+    """uuid on PostgreSQL and CockroachDB, 36-character lower-case text elsewhere."""
 
     impl = String(36)
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
+        if dialect.name in _NATIVE_UUID:
             return dialect.type_descriptor(postgresql.UUID(as_uuid=True))
         return dialect.type_descriptor(String(36))
 
@@ -35,7 +37,7 @@ class GUID(TypeDecorator[uuid.UUID]):
             return None
         if not isinstance(value, uuid.UUID):
             value = uuid.UUID(str(value))
-        return value if dialect.name == "postgresql" else str(value)
+        return value if dialect.name in _NATIVE_UUID else str(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> uuid.UUID | None:
         if value is None or isinstance(value, uuid.UUID):
