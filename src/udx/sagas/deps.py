@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,31 @@ class ExportSagaDeps:
     retry_budget_secs: float = 60.0
     transport: Any = None  # an httpx transport, for tests
     rng: random.Random = field(default_factory=random.Random)
+    _shared: Any = field(default=None, init=False, repr=False, compare=False)
+    _shared_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def _transport(self) -> Any:
+        """The transport every pantry client of these deps uses.
+
+        A test's transport when one is given. Otherwise one httpx transport
+        shared by all clients (it is thread-safe and pools connections per
+        pantry): an httpx.Client built without a transport creates its own, and
+        with it a TLS context (~10-20 ms of CPU each), for every saga node that
+        calls a pantry. Clients closing must not close the shared one; it is
+        closed when these deps are garbage-collected.
+        """
+        if self.transport is not None:
+            return self.transport
+        with self._shared_lock:
+            if self._shared is None:
+                import httpx
+
+                real = httpx.HTTPTransport()
+                self._shared = _SharedTransport(real)
+                weakref.finalize(self, real.close)
+            return self._shared
 
     def pantry(self, address: PantryAddress) -> RetryingPantry:
         from udx.pantry.retry import RetryingPantry
@@ -29,7 +56,7 @@ class ExportSagaDeps:
             self.inventory,
             timeout=self.request_timeout_secs,
             budget_secs=self.retry_budget_secs,
-            transport=self.transport,
+            transport=self._transport(),
         )
 
     def pick_pantry(self) -> PantryAddress:
@@ -39,8 +66,27 @@ class ExportSagaDeps:
             self.inventory,
             timeout=self.request_timeout_secs,
             rng=self.rng,
-            transport=self.transport,
+            transport=self._transport(),
         )
+
+
+class _SharedTransport:
+    """An httpx transport that clients may close without closing it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: Any) -> Any:
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _SharedTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def deps_of(ctx: Any) -> ExportSagaDeps:

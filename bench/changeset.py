@@ -1,0 +1,294 @@
+"""Changeset: `udx changeset --json` against the same four queries run by psql.
+
+    python bench/changeset.py [--quick] [--sizes 10000,100000,300000] [--runs 5]
+
+A throwaway PostgreSQL (udx.testing.pgcluster) gets one database per size N,
+each seeded (INSERT ... SELECT generate_series, not timed) with N snapshots,
+N images and N export records in mixed states. For each N:
+
+- `udx changeset --json` in a subprocess (the installed CLI, stdout to /dev/null),
+  best and median of --runs;
+- psql -f FILE (the exact SQL udx sends: the four SELECTs captured from the
+  engine and rendered with their parameters by psycopg's mogrify, in one
+  SERIALIZABLE transaction as udx runs them), output to /dev/null, once in the
+  default aligned format and once unaligned (-A -t);
+- the statement count of `changeset.preview` (udx.testing.statements), which
+  must be the same for every N;
+- for the 100k size (or the largest in --quick): peak RSS of the udx process
+  (/usr/bin/time -v).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import print_table, summary, timed_runs, udx_executable, write_results
+
+GOAL_RATIO = 1.5
+
+SEED_SQL = """
+INSERT INTO snapshot (id, name, description, time_created, time_modified, time_deleted,
+    project_id, disk_id, volume_id, destination_volume_id, gen, state, block_size, size_bytes)
+SELECT md5('snap' || i)::uuid, 'snap-' || i, 'bench', now(), now(),
+    CASE WHEN i % 20 = 0 THEN now() END,
+    gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), gen_random_uuid(),
+    1, 'ready', 'traditional', 1073741824
+FROM generate_series(1, {n}) AS i;
+
+INSERT INTO image (id, name, description, time_created, time_modified, time_deleted,
+    silo_id, project_id, volume_id, url, os, version, digest, block_size, size_bytes)
+SELECT md5('img' || i)::uuid, 'image-' || i, 'bench', now(), now(),
+    CASE WHEN i % 20 = 0 THEN now() END,
+    gen_random_uuid(), CASE WHEN i % 2 = 0 THEN NULL ELSE gen_random_uuid() END,
+    gen_random_uuid(), NULL, 'debian', '12', NULL, 'traditional', 2147483648
+FROM generate_series(1, {n}) AS i;
+
+-- Record j belongs to snapshot j (j even) or image j (j odd); every 25th names a
+-- resource that does not exist. States by j % 20: 0-10 live, 11-13 requested,
+-- 14 assigning, 15 deleting, 16-19 deleted. Every 7th non-deleted record is
+-- already marked resource_deleted. Every 20th resource is soft-deleted, so
+-- records j % 20 = 0 are live on a deleted resource (the marking finds them).
+INSERT INTO user_data_export (id, state, operating_saga_id, generation, resource_id,
+    resource_type, resource_deleted, pantry_ip, pantry_port, volume_id)
+SELECT md5('exp' || j)::uuid, s.state,
+    CASE WHEN s.state IN ('assigning', 'deleting') THEN gen_random_uuid() END,
+    CASE WHEN s.state = 'requested' THEN 0 ELSE 1 END,
+    CASE WHEN j % 25 = 0 THEN md5('gone' || j)::uuid
+         WHEN j % 2 = 0 THEN md5('snap' || j)::uuid
+         ELSE md5('img' || j)::uuid END,
+    CASE WHEN j % 2 = 0 THEN 'snapshot' ELSE 'image' END,
+    s.state = 'deleted' OR (j % 7 = 0 AND s.state <> 'requested'),
+    CASE WHEN s.state IN ('live', 'deleting') THEN '127.0.0.' || (j % 3 + 1) END,
+    CASE WHEN s.state IN ('live', 'deleting') THEN 17000 END,
+    CASE WHEN s.state IN ('live', 'deleting') THEN gen_random_uuid() END
+FROM generate_series(1, {n}) AS j,
+LATERAL (SELECT CASE
+    WHEN j % 20 <= 10 THEN 'live' WHEN j % 20 <= 13 THEN 'requested'
+    WHEN j % 20 = 14 THEN 'assigning' WHEN j % 20 = 15 THEN 'deleting'
+    ELSE 'deleted' END AS state) AS s;
+
+ANALYZE;
+"""
+
+
+def seed(cluster: Any, dbname: str, n: int) -> tuple[str, float]:
+    import psycopg
+
+    from udx.db.engine import open_database
+    from udx.db.migrate import upgrade
+
+    cluster.admin(f"CREATE DATABASE {dbname}")
+    url = cluster.url(dbname)
+    db = open_database(url)
+    upgrade(db)
+    db.dispose()
+    t0 = time.perf_counter()
+    with psycopg.connect(
+        host="127.0.0.1", port=cluster.port, user=cluster.user, dbname=dbname, autocommit=True
+    ) as conn:
+        conn.execute(SEED_SQL.format(n=int(n)).encode())
+    return url, time.perf_counter() - t0
+
+
+def capture_preview(url: str) -> tuple[int, list[str], dict[str, int]]:
+    """Run changeset.preview in-process: statement count, the SQL with parameters
+    rendered (for psql), and the list sizes."""
+    import psycopg
+    from sqlalchemy import event
+
+    from udx.datastore import changeset as cs
+    from udx.db.engine import open_database
+    from udx.testing.statements import count_statements
+
+    db = open_database(url)
+    with db.connect() as conn:  # connect once so pool/dialect setup is not counted
+        conn.exec_driver_sql("SELECT 1")
+    captured: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, *a: Any) -> None:
+        captured.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", grab)
+    try:
+        with count_statements(db.engine) as log, db.connect() as conn:
+            result = cs.preview(conn)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", grab)
+    sizes = {
+        "request_required": len(result.request_required),
+        "create_required": len(result.create_required),
+        "delete_required": len(result.delete_required),
+        "would_mark": len(result.would_mark),
+    }
+    db.dispose()
+    raw = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+    try:
+        cur = psycopg.ClientCursor(raw)
+        sql = [cur.mogrify(s, p or None) for s, p in captured]
+    finally:
+        raw.close()
+    return log.count, sql, sizes
+
+
+def psql_cmd(url: str, sql_file: Path, *, unaligned: bool) -> list[str]:
+    m = re.match(r"postgresql\+psycopg://(\w+)@([\d.]+):(\d+)/(\w+)", url)
+    assert m, url
+    user, host, port, dbname = m.groups()
+    cmd = ["/usr/bin/psql", "-X", "-q", "-h", host, "-p", port, "-U", user, "-d", dbname]
+    if unaligned:
+        cmd += ["-A", "-t"]
+    return [*cmd, "-f", str(sql_file)]
+
+
+def peak_rss_kb(cmd: list[str], env: dict[str, str]) -> int:
+    r = subprocess.run(
+        ["/usr/bin/time", "-v", *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        check=True,
+    )
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
+    assert m, r.stderr[-500:]
+    return int(m.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one small size (smoke test)")
+    ap.add_argument("--sizes", default=None, help="comma-separated N per table")
+    ap.add_argument("--runs", type=int, default=None, help="timed runs per command")
+    ap.add_argument("--name", default="changeset", help="results file name")
+    args = ap.parse_args()
+    sizes = [
+        int(s) for s in (args.sizes or ("2000" if args.quick else "10000,100000,300000")).split(",")
+    ]
+    runs = args.runs or (3 if args.quick else 5)
+    mem_size = 100_000 if 100_000 in sizes else max(sizes)
+
+    from udx.testing.pgcluster import PostgresCluster
+
+    udx = udx_executable()
+    rows: list[list[Any]] = []
+    results: list[dict[str, Any]] = []
+    workdir = Path(tempfile.mkdtemp(prefix="udx-bench-"))
+    cluster = PostgresCluster().start()
+    try:
+        for n in sizes:
+            dbname = f"bench_{n}"
+            url, seed_s = seed(cluster, dbname, n)
+            count, sql, lists = capture_preview(url)
+            sql_file = workdir / f"changeset_{n}.sql"
+            sql_file.write_text(
+                "BEGIN ISOLATION LEVEL SERIALIZABLE;\n"
+                + "".join(s.rstrip().rstrip(";") + ";\n" for s in sql)
+                + "ROLLBACK;\n"
+            )
+            env = dict(os.environ, UDX_DATABASE_URL=url, UDX_CONFIG="", HOME=str(workdir))
+            env.pop("UDX_CONFIG")
+            udx_cmd = [udx, "changeset", "--json"]
+            # Warm up (page cache, .pyc, PostgreSQL buffers), then interleave.
+            timed_runs(udx_cmd, 1, env)
+            timed_runs(psql_cmd(url, sql_file, unaligned=False), 1, env)
+            t_udx: list[float] = []
+            t_psql: list[float] = []
+            t_psql_a: list[float] = []
+            for _ in range(runs):
+                t_udx += timed_runs(udx_cmd, 1, env)
+                t_psql += timed_runs(psql_cmd(url, sql_file, unaligned=False), 1, env)
+                t_psql_a += timed_runs(psql_cmd(url, sql_file, unaligned=True), 1, env)
+            su, sp, spa = summary(t_udx), summary(t_psql), summary(t_psql_a)
+            entry: dict[str, Any] = {
+                "n_per_table": n,
+                "seed_s": seed_s,
+                "statements": count,
+                "rows": lists,
+                "udx": su,
+                "psql_aligned": sp,
+                "psql_unaligned": spa,
+                "ratio_best_vs_psql_aligned": su["best_s"] / sp["best_s"],
+                "ratio_best_vs_psql_unaligned": su["best_s"] / spa["best_s"],
+            }
+            if n == mem_size:
+                entry["udx_peak_rss_mb"] = peak_rss_kb(udx_cmd, env) / 1024
+            results.append(entry)
+            rows.append(
+                [
+                    n,
+                    count,
+                    sum(lists.values()),
+                    su["best_s"],
+                    su["median_s"],
+                    sp["best_s"],
+                    spa["best_s"],
+                    entry["ratio_best_vs_psql_aligned"],
+                    entry["ratio_best_vs_psql_unaligned"],
+                    f"{entry['udx_peak_rss_mb']:.0f}" if "udx_peak_rss_mb" in entry else "",
+                ]
+            )
+            print(f"N={n}: seeded in {seed_s:.1f}s; lists {lists}", flush=True)
+            cluster.admin(f"DROP DATABASE {dbname}")
+    finally:
+        cluster.stop()
+    print_table(
+        f"udx changeset --json vs psql -f (same 4 SELECTs), best of {runs}",
+        [
+            "N/table",
+            "stmts",
+            "rows out",
+            "udx best s",
+            "udx median s",
+            "psql best s",
+            "psql -A best s",
+            "ratio",
+            "ratio (-A)",
+            "udx peak RSS MB",
+        ],
+        rows,
+    )
+    if len(results) > 1:
+        base = results[0]
+        growth = [
+            [
+                r["n_per_table"],
+                r["n_per_table"] / base["n_per_table"],
+                r["udx"]["best_s"] / base["udx"]["best_s"],
+                r["psql_aligned"]["best_s"] / base["psql_aligned"]["best_s"],
+            ]
+            for r in results
+        ]
+        print_table(
+            "growth vs the smallest N", ["N/table", "N x", "udx time x", "psql time x"], growth
+        )
+    counts = {r["statements"] for r in results}
+    print(f"\nstatement count constant in N: {len(counts) == 1} ({sorted(counts)})")
+    worst = max(r["ratio_best_vs_psql_aligned"] for r in results)
+    print(
+        f"goal ratio <= {GOAL_RATIO}x (vs psql aligned): "
+        f"{'met' if worst <= GOAL_RATIO else 'NOT met'} (worst {worst:.2f}x)"
+    )
+    path = write_results(
+        args.name,
+        {
+            "command": "udx changeset --json  vs  psql -X -q -f <the 4 SELECTs>",
+            "runs": runs,
+            "sizes": results,
+            "statement_count_constant": len(counts) == 1,
+            "goal_ratio": GOAL_RATIO,
+        },
+    )
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
