@@ -328,7 +328,7 @@ def test_a_database_password_never_appears(
     run("demo", code=2)
     missing_db = url.rsplit("/", 1)[0] + "/no_such_database"
     run("db", "status", code=3, db=missing_db)
-    run("changeset", code=3, db=url.replace(str(url.split(":")[-1].split("/")[0]), "1"))
+    run("changeset", code=3, db=re.sub(r"@([\d.]+):\d+/", r"@\1:1/", url))  # unreachable
     everything = "\n".join(seen)
     assert "***" in everything  # the masked form is what is shown
     assert "debug" in everything  # -v really produced logs to look at
@@ -399,6 +399,19 @@ def test_no_color_on_a_terminal_writes_no_escape_sequences(
     code, out, err = run_in_pty(["--db", sqlite_fleet, "pass"], fast)
     assert "pass summary" in out, (out, err)
     assert not SGR.search(out), repr(out[:400])
+
+
+def test_tty_compatible_renders_as_on_a_terminal(tmp_path: Path, sqlite_fleet: str) -> None:
+    udx = Udx(tmp_path, sqlite_fleet)
+    styled = udx.ok("export", "list", env={"TTY_COMPATIBLE": "1", "COLUMNS": "250"}).stdout
+    assert BOX_CHARS.search(styled) and SGR.search(styled)
+    plain = udx.ok(
+        "export", "list", env={"TTY_COMPATIBLE": "1", "COLUMNS": "250", "NO_COLOR": "1"}
+    ).stdout
+    assert BOX_CHARS.search(plain) and not ESCAPE.search(plain)
+    assert SGR.sub("", styled) == plain
+    piped = udx.ok("export", "list", env={"TTY_COMPATIBLE": "0"}).stdout
+    assert not BOX_CHARS.search(piped) and not ESCAPE.search(piped)
 
 
 def test_piped_tables_are_plain_and_never_wrapped(tmp_path: Path, sqlite_fleet: str) -> None:

@@ -34,6 +34,7 @@ FAST = {
 INVOCATION_KEYS = {"export_id", "resource_type", "resource_id", "saga_id", "outcome"}
 BYPASS_KEYS = {"export_id", "resource_type", "resource_id"}
 BOX_CHARS = re.compile("[\u2500-\u257f]")
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
@@ -225,9 +226,11 @@ def test_dry_run_with_nothing_to_do(cli: Udx, registered: list[SimulatedPantry])
     assert cli.json("pass", "--dry-run") == {"dry_run": True, "steps": [], "errors": []}
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "257", "many"])
-def test_bad_concurrency_is_exit_2(cli: Udx, value: str) -> None:
-    assert_one_line_error(cli("pass", "--concurrency", value), 2, "--concurrency")
+def test_bad_concurrency_is_exit_2(tmp_path: Path) -> None:
+    udx = Udx(tmp_path, f"sqlite:///{tmp_path / 'none.sqlite3'}")
+    for value in ("0", "-1", "257", "many"):
+        assert_one_line_error(udx("pass", "--concurrency", value), 2, "--concurrency")
+    assert not (tmp_path / "none.sqlite3").exists()  # refused before opening anything
 
 
 def test_concurrency_one_still_runs_every_saga(
@@ -330,6 +333,7 @@ def test_metrics_file_matches_the_status(
     assert samples[("udx_pass_success", ())] == 0
 
 
+@SQLITE_ONLY  # the file handling does not depend on the engine
 def test_metrics_file_is_replaced_atomically(
     cli: Udx, registered: list[SimulatedPantry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -364,6 +368,7 @@ def test_metrics_file_is_replaced_atomically(
     assert len(lines) == 1 and lines[0].startswith("udx: error: ") and str(prom) in lines[0]
 
 
+@SQLITE_ONLY  # the file handling does not depend on the engine
 def test_metrics_file_in_a_directory_that_cannot_be_written(
     cli: Udx, registered: list[SimulatedPantry], tmp_path: Path
 ) -> None:
@@ -377,6 +382,7 @@ def test_metrics_file_in_a_directory_that_cannot_be_written(
     assert sum(len(s.requests) for s in registered) == 0
 
 
+@SQLITE_ONLY  # the file handling does not depend on the engine
 def test_metrics_file_with_dry_run_is_bad_usage(
     cli: Udx, registered: list[SimulatedPantry], tmp_path: Path
 ) -> None:
