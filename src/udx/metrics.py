@@ -79,6 +79,8 @@ def write_metrics(path: Path, status: PassStatus) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(render_metrics(status))
+            f.flush()
+            os.fsync(f.fileno())  # the rename must never publish an empty file after a crash
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
