@@ -203,8 +203,11 @@ def write_settings(settings: Settings, path: Path, *, overwrite: bool = False) -
     data = settings.to_toml_dict(mask=False)
     if not settings.database.url:
         data["database"]["url"] = settings.database_url
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
-    os.chmod(tmp, 0o600)  # it may hold a database password
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+        os.chmod(tmp, 0o600)  # it may hold a database password
+        tmp.replace(path)
+    except OSError as err:
+        raise ConfigError(f"cannot write the config file {path}: {err.strerror or err}") from None

@@ -166,7 +166,15 @@ def open_database(
     if backend == "sqlite":
         db_path = parsed.database
         if db_path and db_path != ":memory:" and create_dir:
-            Path(db_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            parent = Path(db_path).expanduser().parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                # As SQLite's own "unable to open database file": unreachable, exit 3.
+                raise DatabaseUnavailable(
+                    f"cannot open the database {db_path}: cannot create {parent}: "
+                    f"{err.strerror or err}"
+                ) from None
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     elif backend in ("postgresql", "cockroachdb"):
         kwargs["isolation_level"] = isolation
