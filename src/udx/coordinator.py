@@ -167,6 +167,14 @@ class Coordinator:
     # --- the pass -------------------------------------------------------------------------------
 
     def run_pass(self, *, progress: ProgressFn | None = None) -> PassStatus:
+        status = self._run_pass(progress)
+        # Errors go to the log too, so cron mail and log shippers see a failing
+        # pass even when stdout is JSON nobody reads.
+        for err in status.errors:
+            log.error("%s", err)
+        return status
+
+    def _run_pass(self, progress: ProgressFn | None) -> PassStatus:
         from udx.datastore import changeset as changeset_sql
         from udx.datastore import exports
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 @dataclass
 class AppState:
     db_url: str | None = None
+    db_url_from_env: bool = False
     config_path: str | None = None
     verbose: bool = False
     log_format: str = "human"

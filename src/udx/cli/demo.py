@@ -43,7 +43,7 @@ def demo(
     from udx.datastore import pantries as pantry_sql
     from udx.db import migrate
     from udx.db.engine import open_database
-    from udx.db.schema import snapshot
+    from udx.db.schema import image, snapshot, user_data_export
     from udx.domain.errors import BadInput
     from udx.domain.model import ExportState, ResourceType
     from udx.pantry.sim import start_simulated_pantries
@@ -53,7 +53,9 @@ def demo(
 
     st = state()
     c = stdout_console()
-    url = st.db_url
+    url = None if st.db_url_from_env else st.db_url
+    if st.db_url_from_env:
+        c.print("(ignoring UDX_DATABASE_URL: the demo only uses a database named with --db)")
     if url is None:
         url = _demo_url()
         path = Path(url.removeprefix("sqlite:///"))
@@ -61,10 +63,17 @@ def demo(
             Path(str(path) + suffix).unlink(missing_ok=True)
     db = open_database(url)
     st._databases.append(db)
+    # Look before writing anything: the demo seeds fake resources, so it only
+    # ever touches a database that holds none of udx's data.
+    if migrate.status(db).current is not None:
+        with db.connect() as conn:
+            for tbl in (snapshot, image, user_data_export):
+                if conn.execute(select(func.count()).select_from(tbl)).scalar_one():
+                    raise BadInput(
+                        f"the demo needs an empty database; {db.display_url} holds "
+                        f"{tbl.name} rows"
+                    )
     migrate.upgrade(db)
-    with db.connect() as conn:
-        if conn.execute(select(func.count()).select_from(snapshot)).scalar_one():
-            raise BadInput(f"the demo needs an empty database; {db.display_url} holds snapshots")
 
     def say(text: str) -> None:
         c.print()

@@ -123,6 +123,7 @@ app = typer.Typer(
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     db: str | None = typer.Option(
         None,
         "--db",
@@ -139,6 +140,9 @@ def main(
     ),
 ) -> None:
     STATE.db_url = db
+    # The demo must never seed a database named only by the environment.
+    source = ctx.get_parameter_source("db")
+    STATE.db_url_from_env = db is not None and getattr(source, "name", "") == "ENVIRONMENT"
     STATE.config_path = config
     STATE.verbose = verbose
     STATE._settings = None
