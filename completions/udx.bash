@@ -27,6 +27,7 @@ _udx_is_command() {
         "db seed") return 0 ;;
         "db status") return 0 ;;
         "db upgrade") return 0 ;;
+        "demo") return 0 ;;
         "export") return 0 ;;
         "export create") return 0 ;;
         "export delete") return 0 ;;
@@ -40,12 +41,17 @@ _udx_is_command() {
         "pantry-sim") return 0 ;;
         "pass") return 0 ;;
         "saga") return 0 ;;
+        "saga abandon") return 0 ;;
+        "saga list") return 0 ;;
+        "saga recover") return 0 ;;
+        "saga resume") return 0 ;;
+        "saga show") return 0 ;;
     esac
     return 1
 }
 _udx_table() {
     case "$1" in
-        "") words="changeset config db export pantry pantry-sim pass saga --db --config -v --verbose --log-format -h --help"; value_opts="--db --config --log-format" ;;
+        "") words="changeset config db demo export pantry pantry-sim pass saga --db --config -v --verbose --log-format -h --help"; value_opts="--db --config --log-format" ;;
         "changeset") words="--json -h --help"; value_opts="" ;;
         "config") words="init show -h --help"; value_opts="" ;;
         "config init") words="--force -h --help"; value_opts="" ;;
@@ -55,6 +61,7 @@ _udx_table() {
         "db seed") words="--snapshots --project-images --silo-images --deleted --seed -h --help"; value_opts="--snapshots --project-images --silo-images --deleted --seed" ;;
         "db status") words="--json -h --help"; value_opts="" ;;
         "db upgrade") words="-h --help"; value_opts="" ;;
+        "demo") words="--pantries --snapshots -h --help"; value_opts="--pantries --snapshots" ;;
         "export") words="create delete list show -h --help"; value_opts="" ;;
         "export create") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export delete") words="--yes -y --json -h --help"; value_opts="" ;;
@@ -67,7 +74,12 @@ _udx_table() {
         "pantry list") words="--no-check --json -h --help"; value_opts="" ;;
         "pantry-sim") words="--listen --latency --quiet -q -h --help"; value_opts="--listen --latency" ;;
         "pass") words="--dry-run --concurrency --json --metrics-file -h --help"; value_opts="--concurrency --metrics-file" ;;
-        "saga") words="-h --help"; value_opts="" ;;
+        "saga") words="abandon list recover resume show -h --help"; value_opts="" ;;
+        "saga abandon") words="--reason --comment --yes -y -h --help"; value_opts="--reason --comment" ;;
+        "saga list") words="--state --name --json -h --help"; value_opts="--state --name" ;;
+        "saga recover") words="--json -h --help"; value_opts="" ;;
+        "saga resume") words="--json -h --help"; value_opts="" ;;
+        "saga show") words="--json -h --help"; value_opts="" ;;
     esac
 }
 complete -o default -F _udx udx

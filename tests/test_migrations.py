@@ -121,3 +121,8 @@ def test_upgrade_from_scratch_or_older_matches_schema(empty_db_url: str, start: 
             assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     finally:
         db.dispose()
+
+
+def test_schema_head_constant_matches_the_newest_migration() -> None:
+    # require_current() compares with this constant to avoid importing Alembic.
+    assert migrate.SCHEMA_HEAD == migrate.head_revision() == migrate.all_revisions()[-1]

@@ -279,11 +279,27 @@ def append_event(
     """Write one node event. Idempotent: an identical event already logged counts as
     written (a re-run after a crash); one with different data is an `EventMismatch`.
 
-    Read-then-insert is safe: the caller holds the saga through `claim` in the same
-    transaction, so nobody else writes this saga's events concurrently.
+    Insert first (ON CONFLICT DO NOTHING), read only when the row was there: the
+    common path is one statement. Safe: the caller holds the saga through `claim`
+    in the same transaction, so nobody else writes this saga's events concurrently.
     """
     if event_type not in SAGA_EVENT_TYPES:
         raise ValueError(f"unknown saga event type {event_type!r}")
+    values = {
+        "saga_id": saga_id,
+        "node_id": node_id,
+        "event_type": event_type,
+        "data": data,
+        "event_time": now,
+        "creator": creator,
+    }
+    if conn.dialect.name in ("postgresql", "cockroachdb", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        module: Any = sqlite if conn.dialect.name == "sqlite" else postgresql
+        stmt = module.insert(saga_node_event).values(**values).on_conflict_do_nothing()
+        if conn.execute(stmt).rowcount == 1:
+            return
     existing = conn.execute(
         select(saga_node_event.c.data).where(
             saga_node_event.c.saga_id == saga_id,
@@ -298,16 +314,7 @@ def append_event(
                 f"different data ({existing[0]!r}, now {data!r})"
             )
         return
-    conn.execute(
-        saga_node_event.insert().values(
-            saga_id=saga_id,
-            node_id=node_id,
-            event_type=event_type,
-            data=data,
-            event_time=now,
-            creator=creator,
-        )
-    )
+    conn.execute(saga_node_event.insert().values(**values))
 
 
 def set_state(

@@ -136,14 +136,6 @@ def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID
         raise NotFound(f"source volume {source_id} does not exist or is deleted")
     copy = copy_request(source.request, new_volume_id)
     targets = read_only_targets(copy)
-    if targets:
-        deleting = conn.execute(
-            select(rs.c.snapshot_addr).where(
-                rs.c.snapshot_addr.in_(targets), rs.c.deleting.is_(True)
-            )
-        ).first()
-        if deleting is not None:
-            raise Conflict(f"region snapshot {deleting[0]} is being deleted; cannot reference it")
     now = utcnow()
     conn.execute(
         volume.insert().values(
@@ -157,11 +149,25 @@ def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID
         )
     )
     if targets:
-        conn.execute(
+        # One statement both takes the references and refuses targets being
+        # deleted (fewer reads also means fewer serialization conflicts).
+        taken = conn.execute(
             update(rs)
-            .where(rs.c.snapshot_addr.in_(targets))
+            .where(rs.c.snapshot_addr.in_(targets), rs.c.deleting.is_(False))
             .values(volume_references=rs.c.volume_references + 1)
-        )
+            .returning(rs.c.snapshot_addr)
+        ).scalars().all()
+        if len(set(taken)) < len(targets):
+            deleting = conn.execute(
+                select(rs.c.snapshot_addr).where(
+                    rs.c.snapshot_addr.in_(targets), rs.c.deleting.is_(True)
+                )
+            ).first()
+            if deleting is not None:
+                # Raising rolls back the whole transaction, references included.
+                raise Conflict(
+                    f"region snapshot {deleting[0]} is being deleted; cannot reference it"
+                )
     return copy
 
 

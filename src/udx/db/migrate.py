@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
+# The newest migration. Every command checks the schema before it runs; comparing
+# with this constant (one SELECT) spares it importing Alembic and parsing the
+# migration scripts. tests/test_migrations.py keeps it equal to Alembic's head.
+SCHEMA_HEAD = "0002"
+
 
 def _alembic_config(conn: Connection | None = None) -> Config:
     from alembic.config import Config
@@ -81,8 +86,27 @@ def upgrade(db: Database, target: str = "head") -> SchemaStatus:
     return status(db)
 
 
+def _stored_revision(db: Database) -> str | None:
+    """alembic_version's row, read without Alembic (None when there is none)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from udx.db.engine import is_connection_error
+
+    try:
+        with db.connect() as conn:
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+    except DBAPIError as err:
+        if is_connection_error(err):
+            raise db.translate(err) from err
+        return None  # no alembic_version table: the full status below says what to do
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
 def require_current(db: Database) -> None:
     """Exit-3 error unless the schema is exactly the version this udx needs."""
+    if _stored_revision(db) == SCHEMA_HEAD:
+        return
     st = status(db)
     if st.current is None:
         raise SchemaOutOfDate(f"the database {db.display_url} has no udx schema: run `udx db init`")

@@ -37,6 +37,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Saga log writes are guarded by one conditional UPDATE of the saga row (owner
+# and adopt generation), which holds that row's lock until commit; that is safe at
+# READ COMMITTED. At SERIALIZABLE, PostgreSQL's predicate locks on the shared
+# saga_node_event index made concurrent sagas abort each other's log writes
+# (thousands of 40001 retries per 1,000 sagas, measured in bench/pass_throughput.py).
+LOG_ISOLATION = "READ COMMITTED"
+
+# (node id, event type, data as JSON text or None)
+Event = tuple[str, str, str | None]
+
 
 class Checkpoint(NamedTuple):
     """A point in a saga's execution, reported to `on_checkpoint` hooks (the crash
@@ -291,7 +301,7 @@ class SagaExecutor:
                 lease_expires=now + timedelta(seconds=self.lease_secs),
             )
 
-        self.db.transaction(insert, name="saga insert")
+        self.db.transaction(insert, name="saga insert", isolation=LOG_ISOLATION)
         self._checkpoint(saga_id, "created", None)
         return self._drive(_Run(saga_id, definition, params_json, 1), "running")
 
@@ -320,7 +330,7 @@ class SagaExecutor:
                 return None
             return gen, saga_log.get_required(conn, saga_id).saga_state
 
-        adopted = self.db.transaction(txn, name="saga adopt")
+        adopted = self.db.transaction(txn, name="saga adopt", isolation=LOG_ISOLATION)
         if adopted is not None:
             log.info("saga %s adopted by %s (generation %d)", saga_id, self.sec_id, adopted[0])
         return adopted
@@ -421,7 +431,9 @@ class SagaExecutor:
             if not ids:
                 continue
             try:
-                self.db.transaction(partial(self._renew, ids), name="saga lease renewal")
+                self.db.transaction(
+                    partial(self._renew, ids), name="saga lease renewal", isolation=LOG_ISOLATION
+                )
             except Exception as err:
                 # The driving threads' own writes still check ownership; a missed
                 # renewal only risks losing the saga to recovery, never two drivers.
@@ -454,6 +466,11 @@ class SagaExecutor:
                 self._note_failure(run, node.name, failed.decoded())
 
         if state == "running":
+            # A node's `succeeded` event is committed together with the next node's
+            # `started` (or the final state change): one log transaction per node
+            # instead of two. A crash before that commit re-runs the node, which
+            # every action must tolerate anyway (it may crash after its own effect).
+            pending: list[Event] = []
             for node in run.definition.nodes:
                 if node.name in run.outputs:
                     continue
@@ -461,7 +478,8 @@ class SagaExecutor:
                     # Logged as failed but the saga never turned unwinding: finish that step.
                     self._write(run, ("running", "unwinding"), new_state="unwinding")
                     break
-                self._write(run, ("running",), event=(node.name, "started", None))
+                self._write(run, ("running",), events=[*pending, (node.name, "started", None)])
+                pending = []
                 ctx = self._context(run, node.name)
                 try:
                     output = node.action(ctx)
@@ -475,15 +493,17 @@ class SagaExecutor:
                     self._write(
                         run,
                         ("running", "unwinding"),
-                        event=(node.name, "failed", json.dumps(failure, sort_keys=True)),
+                        events=[(node.name, "failed", json.dumps(failure, sort_keys=True))],
                         new_state="unwinding",
                     )
                     break
                 self._checkpoint(run.saga_id, "action_returned", node.name)
-                self._write(run, ("running",), event=(node.name, "succeeded", data))
+                pending = [(node.name, "succeeded", data)]
                 run.outputs[node.name] = json.loads(data)
             else:
-                self._write(run, ("running", "done"), new_state="done", outcome="succeeded")
+                self._write(
+                    run, ("running", "done"), events=pending, new_state="done", outcome="succeeded"
+                )
                 return run.result("succeeded")
         return self._unwind(run, by_node)
 
@@ -493,7 +513,7 @@ class SagaExecutor:
                 continue  # only what succeeded is undone; a failed action left nothing
             if "undo_finished" in by_node.get(node.name, {}):
                 continue
-            self._write(run, ("unwinding",), event=(node.name, "undo_started", None))
+            self._write(run, ("unwinding",), events=[(node.name, "undo_started", None)])
             try:
                 node.undo(self._context(run, node.name))
             except Exception as err:
@@ -505,13 +525,13 @@ class SagaExecutor:
                 self._write(
                     run,
                     ("unwinding", "done"),
-                    event=(node.name, "undo_failed", json.dumps(failure, sort_keys=True)),
+                    events=[(node.name, "undo_failed", json.dumps(failure, sort_keys=True))],
                     new_state="done",
                     outcome="stuck",
                 )
                 return run.result("stuck", message)
             self._checkpoint(run.saga_id, "undo_returned", node.name)
-            self._write(run, ("unwinding",), event=(node.name, "undo_finished", None))
+            self._write(run, ("unwinding",), events=[(node.name, "undo_finished", None)])
         self._write(run, ("unwinding", "done"), new_state="done", outcome="unwound")
         return run.result("unwound")
 
@@ -537,7 +557,7 @@ class SagaExecutor:
         run: _Run,
         states: tuple[str, ...],
         *,
-        event: tuple[str, str, str | None] | None = None,
+        events: list[Event] | tuple[()] = (),
         new_state: str | None = None,
         outcome: str | None = None,
     ) -> None:
@@ -560,15 +580,16 @@ class SagaExecutor:
                 lease_expires=now + timedelta(seconds=self.lease_secs),
             ):
                 raise _NotOwner()
-            if event is not None:
+            for i, (node_id, event_type, data) in enumerate(events):
                 saga_log.append_event(
                     conn,
                     saga_id=run.saga_id,
-                    node_id=event[0],
-                    event_type=event[1],
-                    data=event[2],
+                    node_id=node_id,
+                    event_type=event_type,
+                    data=data,
                     creator=self.sec_id,
-                    now=now,
+                    # Events written together keep their order when sorted by time.
+                    now=now + timedelta(microseconds=i),
                 )
             if new_state is not None:
                 saga_log.set_state(conn, run.saga_id, new_state, outcome=outcome)
@@ -576,7 +597,7 @@ class SagaExecutor:
         delay = 0.1
         for attempt in range(1, self._attempts + 1):
             try:
-                self.db.transaction(txn, name="saga log write")
+                self.db.transaction(txn, name="saga log write", isolation=LOG_ISOLATION)
                 break
             except _NotOwner:
                 raise self._why_not_owner(run) from None
@@ -590,8 +611,9 @@ class SagaExecutor:
                 log.warning("saga %s: log write failed (%s); retrying", run.saga_id, one_line(err))
                 time.sleep(delay)
                 delay *= 3
-        kind = event[1] if event is not None else ("done" if new_state == "done" else new_state)
-        self._checkpoint(run.saga_id, kind or "state", event[0] if event else None)
+        last = events[-1] if events else None
+        kind = last[1] if last is not None else ("done" if new_state == "done" else new_state)
+        self._checkpoint(run.saga_id, kind or "state", last[0] if last else None)
 
     def _why_not_owner(self, run: _Run) -> _Stop:
         with self.db.connect() as conn:
@@ -633,4 +655,4 @@ def abandon(db: Database, saga_id: uuid.UUID, reason: str, comment: str) -> None
             conn, saga_id, reason=reason.strip(), comment=comment.strip(), now=utcnow()
         )
 
-    db.transaction(txn, name="saga abandon")
+    db.transaction(txn, name="saga abandon", isolation=LOG_ISOLATION)

@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self, *, max_connections: int = 300) -> None:
+    def __init__(self, *, max_connections: int = 300, durable: bool = False) -> None:
         bindir = find_bindir()
         if bindir is None:
             raise PostgresUnavailable(
@@ -48,6 +48,9 @@ class PostgresCluster:
         self.root = Path(tempfile.mkdtemp(prefix="udx-pg-"))
         self.datadir = self.root / "data"
         self.max_connections = max_connections
+        # Not durable (the default, for speed): a crash (`pg_ctl -m immediate`) may
+        # lose commits already acknowledged. Tests that crash the server need durable.
+        self.durable = durable
         self._as_postgres = os.geteuid() == 0
         self.user = "postgres"
 
@@ -76,11 +79,7 @@ class PostgresCluster:
         )
         if r.returncode != 0:
             raise PostgresUnavailable(f"initdb failed: {r.stderr.strip()[-500:]}")
-        opts = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            f"-c max_connections={self.max_connections} -c shared_buffers=128MB"
-        )
+        opts = self.server_options()
         r = self._run(
             "pg_ctl",
             "-D",
@@ -99,6 +98,14 @@ class PostgresCluster:
             tail = log.read_text()[-800:] if log.exists() else r.stderr
             raise PostgresUnavailable(f"pg_ctl start failed: {tail.strip()}")
         return self
+
+    def server_options(self) -> str:
+        sync = "on" if self.durable else "off"
+        return (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            f"-c fsync=off -c synchronous_commit={sync} -c full_page_writes=off "
+            f"-c max_connections={self.max_connections} -c shared_buffers=128MB"
+        )
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{dbname}"
