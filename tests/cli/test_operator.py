@@ -215,6 +215,17 @@ def test_demo_refuses_a_database_that_holds_snapshots(tmp_path: Path, db_url: st
     db.dispose()
 
 
+def test_demo_ignores_a_database_named_only_by_the_environment(tmp_path: Path) -> None:
+    # UDX_DATABASE_URL is how cron names production; the demo must not seed it.
+    target = tmp_path / "operator.sqlite3"
+    env = {**clean_env(tmp_path), "UDX_DATABASE_URL": f"sqlite:///{target}"}
+    r = run_udx(["demo", "--snapshots", "1"], env, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "ignoring UDX_DATABASE_URL" in r.stdout
+    assert not target.exists()
+    assert (tmp_path / "data" / "udx" / "demo.sqlite3").exists()
+
+
 # --- logs and secrets --------------------------------------------------------------------------
 
 
