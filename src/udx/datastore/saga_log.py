@@ -297,8 +297,14 @@ def append_event(
         from sqlalchemy.dialects import postgresql, sqlite
 
         module: Any = sqlite if conn.dialect.name == "sqlite" else postgresql
-        stmt = module.insert(saga_node_event).values(**values).on_conflict_do_nothing()
-        if conn.execute(stmt).rowcount == 1:
+        stmt = (
+            module.insert(saga_node_event)
+            .values(**values)
+            .on_conflict_do_nothing()
+            .returning(saga_node_event.c.event_type)
+        )
+        # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT.
+        if conn.execute(stmt).first() is not None:
             return
     existing = conn.execute(
         select(saga_node_event.c.data).where(
