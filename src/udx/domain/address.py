@@ -14,6 +14,11 @@ from udx.domain.errors import BadInput
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def format_address(ip: str, port: int) -> str:
+    """"ip:port", or "[ipv6]:port" for an IPv6 address."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 @dataclass(frozen=True, order=True)
 class PantryAddress:
     ip_text: str  # canonical (compressed) form, so ordering and equality are textual
@@ -62,9 +67,7 @@ class PantryAddress:
         return cls.from_parts(host, int(port_text))
 
     def __str__(self) -> str:
-        if ":" in self.ip_text:
-            return f"[{self.ip_text}]:{self.port}"
-        return f"{self.ip_text}:{self.port}"
+        return format_address(self.ip_text, self.port)
 
     @property
     def base_url(self) -> str:

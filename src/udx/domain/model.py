@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from udx.domain.address import PantryAddress
+from udx.domain.address import PantryAddress, format_address
 from udx.domain.errors import BadInput
 
 
@@ -73,7 +73,10 @@ class UserDataExport:
 
     def to_json(self) -> dict[str, Any]:
         """Every column, plus `pantry_address` (DESIGN.md section 7)."""
-        addr = self.pantry_address
+        ip, port = self.pantry_ip, self.pantry_port
+        # Formatted as stored rather than parsed: udx stores canonical addresses, and
+        # parsing each one cost a quarter of a 100k-record `changeset --json`.
+        addr = None if ip is None or port is None else format_address(ip, port)
         return {
             "id": str(self.id),
             "state": self.state.value,
@@ -85,7 +88,7 @@ class UserDataExport:
             "pantry_ip": self.pantry_ip,
             "pantry_port": self.pantry_port,
             "volume_id": str(self.volume_id) if self.volume_id else None,
-            "pantry_address": str(addr) if addr else None,
+            "pantry_address": addr,
         }
 
 
