@@ -160,3 +160,24 @@ def test_recover_abandons_what_it_cannot_run(udx: Udx, log: dict[str, uuid.UUID]
     [res] = json.loads(r.stdout)
     assert res["outcome"] == "abandoned" and "unknown saga name" in res["error"]
     assert udx.json("saga", "show", str(log["running"]))["abandon_reason"] == "unrecoverable"
+
+
+def test_show_prints_outputs_literally_as_json(udx: Udx, db: Database) -> None:
+    # An IPv6 target such as "[fd00::a:5ce6]" holds ":a:", which Rich would turn
+    # into an emoji; outputs are JSON, and long ones are cut (--json has them whole).
+    target = "[fd00:1122:3344:a::5ce6]:19000"
+    saga = SagaDefinition(
+        "literal", [Node("one", lambda ctx: {"target": target, "pad": "x" * 400})]
+    )
+    with SagaExecutor(db, [saga]) as ex:
+        saga_id = ex.run("literal", {}).saga_id
+    tree = udx.ok("saga", "show", str(saga_id)).stdout
+    assert f'output: {{"pad": "{"x" * 10}' in tree
+    assert "…" in tree and "x" * 400 not in tree
+    assert "\U0001f170" not in tree
+    whole = udx.json("saga", "show", str(saga_id))
+    assert whole["events"][1]["data"] == {"target": target, "pad": "x" * 400}
+    saga2 = SagaDefinition("literal2", [Node("one", lambda ctx: {"target": target})])
+    with SagaExecutor(db, [saga2]) as ex:
+        short_id = ex.run("literal2", {}).saga_id
+    assert f'"target": "{target}"' in udx.ok("saga", "show", str(short_id)).stdout

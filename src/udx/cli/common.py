@@ -78,15 +78,18 @@ def stdout_console() -> Console:
     # color_system=None writes no escape sequence for styles at all.
     style: dict[str, Any] = {"color_system": None} if no_color() else {}
     if is_terminal():
-        return Console(highlight=False, soft_wrap=False, force_terminal=True, **style)
-    return Console(highlight=False, soft_wrap=False, width=PIPE_WIDTH, **style)
+        return Console(
+            highlight=False, soft_wrap=False, force_terminal=True, emoji=False, **style
+        )
+    # emoji=False: an IPv6 target like "[fd00::a:5ce6]" must not turn ":a:" into 🅰.
+    return Console(highlight=False, soft_wrap=False, width=PIPE_WIDTH, emoji=False, **style)
 
 
 def stderr_console() -> Console:
     from rich.console import Console
 
     style: dict[str, Any] = {"color_system": None} if no_color() else {}
-    return Console(stderr=True, highlight=False, **style)
+    return Console(stderr=True, highlight=False, emoji=False, **style)
 
 
 def is_terminal() -> bool:

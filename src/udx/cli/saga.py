@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -11,6 +12,9 @@ from udx.cli.common import confirm, print_json, print_table, state, stdout_conso
 if TYPE_CHECKING:
     from udx.db.engine import Database
     from udx.saga import SagaExecutor, SagaResult
+
+# Outputs longer than this (a copied VolumeConstructionRequest) are cut in the tree.
+OUTPUT_WIDTH = 160
 
 app = typer.Typer(help="Inspect, resume, recover and abandon sagas.", no_args_is_help=True)
 
@@ -125,8 +129,12 @@ def show(
             label = "error" if e.event_type in ("failed", "undo_failed") else "output"
             data = e.to_json()["data"]
             if isinstance(data, dict) and label == "error":
-                data = f"{data.get('type', '')}: {data.get('error', '')}"
-            line += f"  {label}: {data}"
+                text = f"{data.get('type', '')}: {data.get('error', '')}"
+            else:
+                text = data if isinstance(data, str) else json.dumps(data)
+                if len(text) > OUTPUT_WIDTH:  # `--json` has it whole
+                    text = text[: OUTPUT_WIDTH - 1] + "…"
+            line += f"  {label}: {text}"
         branch.add(escape(line))
     if not events:
         tree.add("(no node events)")
