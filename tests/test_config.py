@@ -95,19 +95,19 @@ def test_precedence_env_over_file_and_command_line_over_both(tmp_path: Path) -> 
         ("[coordinator]\nconcurency = 4\n", "'concurency'"),
         ("[coordnator]\nconcurrency = 4\n", "[coordnator]"),
         ("coordinator = 4\n", "must be a table"),
-        ("[coordinator]\nconcurrency = \"many\"\n", "whole number"),
+        ('[coordinator]\nconcurrency = "many"\n', "whole number"),
         ("[coordinator]\nconcurrency = 2.5\n", "whole number"),
         ("[coordinator]\nconcurrency = true\n", "whole number"),
         ("[coordinator]\nconcurrency = 0\n", "1..256"),
         ("[coordinator]\nconcurrency = 1000\n", "1..256"),
-        ("[pantry]\nsource = \"ldap\"\n", "source"),
+        ('[pantry]\nsource = "ldap"\n', "source"),
         ("[pantry]\naddresses = [1, 2]\n", "list of strings"),
-        ("[pantry]\nsource = \"static\"\naddresses = [\"10.0.0.1\"]\n", "10.0.0.1"),
+        ('[pantry]\nsource = "static"\naddresses = ["10.0.0.1"]\n', "10.0.0.1"),
         ("[pantry]\nretry_budget_secs = 0\n", "retry_budget_secs"),
-        ("[pantry]\nrequest_timeout_secs = \"soon\"\n", "must be a number"),
+        ('[pantry]\nrequest_timeout_secs = "soon"\n', "must be a number"),
         ("[saga]\nlease_secs = -1\n", "lease_secs"),
         ("[database]\nurl = 5\n", "must be a string"),
-        ("[database]\nisolation = \"chaos\"\n", "isolation"),
+        ('[database]\nisolation = "chaos"\n', "isolation"),
     ],
 )
 def test_invalid_config_is_a_config_error(tmp_path: Path, text: str, needle: str) -> None:
@@ -129,8 +129,10 @@ def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
         "missing": (tmp_path / "nope.toml", "does not exist"),
         "directory": (tmp_path, "cannot read"),
         "not utf-8": (tmp_path / "latin1.toml", "cannot read"),
-        "bad toml": (write(tmp_path, "[coordinator\nconcurrency = 4\n", "bad.toml"),
-                     "not valid TOML"),
+        "bad toml": (
+            write(tmp_path, "[coordinator\nconcurrency = 4\n", "bad.toml"),
+            "not valid TOML",
+        ),
     }
     (tmp_path / "latin1.toml").write_bytes(b"[saga]\nlease_secs = 1 # caf\xe9\n")
     for path, needle in cases.values():
@@ -149,7 +151,11 @@ def test_write_settings_round_trip(tmp_path: Path) -> None:
     data = tomllib.loads(target.read_text())
     assert set(data) == {"database", "coordinator", "pantry", "saga"}
     assert set(data["pantry"]) == {
-        "source", "addresses", "dns_zone", "dns_servers", "request_timeout_secs",
+        "source",
+        "addresses",
+        "dns_zone",
+        "dns_servers",
+        "request_timeout_secs",
         "retry_budget_secs",
     }
     assert data["database"]["url"] == src.database.url  # not masked in the file
@@ -173,3 +179,13 @@ def test_masked_toml_dict(tmp_path: Path) -> None:
     assert "hunter2" not in str(masked)
     assert masked["database"]["url"] == "postgresql+psycopg://udx:***@db.example/omicron"
     assert "hunter2" in s.to_toml_dict(mask=False)["database"]["url"]
+
+
+def test_static_source_needs_addresses(tmp_path) -> None:
+    from udx.config import load_settings
+    from udx.domain.errors import ConfigError
+
+    cfg = tmp_path / "udx.toml"
+    cfg.write_text('[pantry]\nsource = "static"\n')
+    with pytest.raises(ConfigError, match="needs addresses"):
+        load_settings(cfg, environ={})

@@ -147,6 +147,11 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"[pantry] {key} must be positive")
     if not s.saga.lease_secs > 0:
         raise ConfigError("[saga] lease_secs must be positive")
+    if s.pantry.source == "static" and not s.pantry.addresses:
+        raise ConfigError(
+            '[pantry] source = "static" needs addresses = ["ip:port", ...] '
+            "(an empty list would mean every pantry is expunged)"
+        )
     if s.pantry.source == "static":
         from udx.domain.address import PantryAddress
         from udx.domain.errors import BadInput

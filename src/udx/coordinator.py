@@ -194,6 +194,15 @@ class Coordinator:
 
         # 1. Expunged pantries, then lost attachments.
         in_service = self._in_service(status)
+        if in_service is not None and not in_service:
+            # An empty list would mark every record on every pantry: far more likely a
+            # misconfiguration (an empty static list, an emptied table) than a rack
+            # with no pantry left. Refuse, loudly; an operator can expunge by hand.
+            status.errors.append(
+                "the pantry inventory lists no pantry in service: not marking any record "
+                "(check [pantry] source and `udx pantry list`)"
+            )
+            in_service = None
         if in_service is not None:
             try:
                 status.records_marked_for_deletion = self.db.transaction(
@@ -325,6 +334,12 @@ class Coordinator:
         # Records step 1 would mark join delete_required, as they would after marking.
         to_delete: dict[uuid.UUID, UserDataExport] = {}
         in_service = self._in_service(report)
+        if in_service is not None and not in_service:
+            report.errors.append(
+                "the pantry inventory lists no pantry in service: the pass would not mark "
+                "any record"
+            )
+            in_service = None
         if in_service is not None:
             with self.db.connect() as conn:
                 affected = exports.records_on_expunged_pantries(conn, in_service)

@@ -204,3 +204,16 @@ def test_dry_run_changes_nothing(db, registered, make_runtime, run_pass):
     assert "create record and run the create saga" in actions
     assert "run the delete saga" in actions
     assert any(s.step == "2-changeset" for s in report.steps)
+
+
+def test_empty_inventory_marks_nothing_and_fails_the_pass(db, registered, run_pass):
+    _seed(db, snapshots=2, images=1)
+    run_pass()
+    with db.begin() as conn:
+        for sim in registered:
+            pantry_sql.expunge(conn, sim.address)
+    status = run_pass()
+    assert status.failed and status.records_marked_for_deletion == 0
+    assert any("no pantry in service" in e for e in status.errors)
+    live = _live(db)
+    assert len(live) == 3 and not any(r.resource_deleted for r in live)

@@ -135,3 +135,39 @@ def test_delete_saga_failure_after_detach_converges_on_retry(db_url, db, sims, i
 def test_delete_saga_crash_at_each_point(db_url, db, sims, image_id):
     with _delete_harness(db_url, db, sims, image_id) as h:
         assert h.check_crash_at_each_point() > len(DELETE_SAGA.nodes)
+
+
+class _AttachAppliedButAnswerLost:
+    """Forwards every request to the real pantry, then loses the answer to each
+    attach (POST): the pantry attached the volume, the client saw a timeout."""
+
+    def __init__(self) -> None:
+        import httpx
+
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request):  # type: ignore[no-untyped-def]
+        import httpx
+
+        response = self.inner.handle_request(request)
+        if request.method == "POST":
+            response.read()
+            response.close()
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_failed_attach_leaves_nothing_attached(db, sims, image_id):
+    w.reset_requested(db, sims, image_id)
+    deps = w.make_deps(db)
+    deps.retry_budget_secs = 0.3
+    deps.transport = _AttachAppliedButAnswerLost()
+    with SagaExecutor(db, [CREATE_SAGA], deps=deps) as ex:
+        result = ex.run(CREATE_SAGA.name, {"export_id": str(w.EXPORT_ID)})
+    assert result.outcome == "unwound" and result.failed_node == "attach"
+    assert sum(s.total_attach_calls for s in sims) >= 1  # the pantry did attach...
+    assert all(not s.attachments for s in sims)  # ...and the failing action detached it
+    assert w.world(db, sims)["record"] == ("requested", True, False, False, False)

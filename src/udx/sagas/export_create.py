@@ -7,6 +7,7 @@ undo; going Live is last and has none.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -19,6 +20,8 @@ from udx.sagas.deps import deps_of
 from udx.sagas.params import uuid_param
 
 EXPORT_CREATE = "export-create"
+
+log = logging.getLogger(__name__)
 
 
 def _export_id(ctx: ActionContext) -> uuid.UUID:
@@ -86,11 +89,28 @@ def pick_pantry(ctx: ActionContext) -> str:
 
 
 def attach(ctx: ActionContext) -> None:
+    """Attach; on failure, detach before failing. A failed action's undo never
+    runs, yet a POST that timed out (or ran out of budget) may still have attached
+    the volume: detaching here keeps "a failing action leaves nothing behind"."""
     address = PantryAddress.parse(ctx.output("pick_pantry"))
     copy = ctx.output("copy_volume")
+    volume_id = uuid.UUID(copy["volume_id"])
     pantry = deps_of(ctx).pantry(address)
     try:
-        pantry.attach(uuid.UUID(copy["volume_id"]), copy["request"])
+        pantry.attach(volume_id, copy["request"])
+    except Exception:
+        try:
+            pantry.detach_ok_if_gone(volume_id)
+        except Exception as cleanup_err:
+            log.warning(
+                "saga %s: attach of %s on %s failed and so did the detach after it (%s); "
+                "`udx pantry list` shows it as extra",
+                ctx.saga_id,
+                volume_id,
+                address,
+                cleanup_err,
+            )
+        raise
     finally:
         pantry.close()
 
