@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 import udx.db.engine as engine_mod
 from udx.db.engine import Database
+from udx.domain.errors import DatabaseError
 
 
 @pytest.fixture
@@ -147,9 +148,12 @@ def test_retryable_sqlstates_back_off_then_give_up(
         conn.execute(text("UPDATE acct SET balance = 0"))
         inject(conn)
 
-    with pytest.raises(exc.DBAPIError) as info:
+    # The error surfaces as a one-line udx error, the driver's error chained to it.
+    with pytest.raises(DatabaseError) as info:
         accounts.transaction(fn)
-    assert getattr(info.value.orig, "sqlstate", None) == code
+    assert info.value.sqlstate == code
+    assert isinstance(info.value.__cause__, exc.DBAPIError)
+    assert getattr(info.value.__cause__.orig, "sqlstate", None) == code
     assert len(calls) == 5
     assert counters.commits == 0
     assert len(counters.sleeps) == 4
@@ -181,8 +185,9 @@ def test_other_errors_are_not_retried(
         conn.execute(text("UPDATE acct SET balance = 0 WHERE id = 2"))
         conn.exec_driver_sql(statement)
 
-    with pytest.raises(error):
+    with pytest.raises(DatabaseError) as info:
         accounts.transaction(fn)
+    assert isinstance(info.value.__cause__, error)
     assert calls == [1]
     assert counters.sleeps == [] and counters.commits == 0
     with accounts.connect() as conn:

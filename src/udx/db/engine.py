@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
 from udx.db.urls import mask_secrets, normalize_url
-from udx.domain.errors import BadInput, DatabaseUnavailable, UdxError
+from udx.domain.errors import BadInput, DatabaseError, DatabaseUnavailable, UdxError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,14 @@ class Database:
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 0.25)
                     continue
-                raise self.translate(err) from err
+                translated = self.translate(err)
+                if not isinstance(translated, UdxError):
+                    # Callers (the pass above all) handle UdxError per item and go on.
+                    detail = str(getattr(err, "orig", err)).strip().splitlines()[0]
+                    translated = DatabaseError(
+                        f"{name} failed: {mask_secrets(detail, self.url)}", _sqlstate(err)
+                    )
+                raise translated from err
         raise AssertionError("unreachable")
 
     @contextmanager

@@ -43,6 +43,17 @@ class Conflict(UdxError):
     exit_code = EXIT_FAILED
 
 
+class DatabaseError(UdxError):
+    """A statement failed (not a lost connection): a constraint, a serialization
+    failure that outlived its retries. The driver's error is the __cause__."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
 class DatabaseUnavailable(UdxError):
     """The database cannot be reached."""
 
