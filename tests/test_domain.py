@@ -156,3 +156,19 @@ def test_url_masking_and_normalising() -> None:
     assert normalize_url(" postgres://u@h/d ") == "postgresql+psycopg://u@h/d"
     assert normalize_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
     assert normalize_url("sqlite:///x") == "sqlite:///x"
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql+psycopg://udx@db.example/omicron?password=s3cret&sslmode=require", "s3cret"),
+        ("postgresql://udx:p@ss-w0rd@db.example/omicron", "p@ss-w0rd"),
+        ("postgresql://udx:s3cret@db.example/omicron?sslpassword=k3yk3y", "k3yk3y"),
+    ],
+)
+def test_passwords_in_query_strings_and_with_at_signs_are_masked(url: str, secret: str) -> None:
+    from udx.db.urls import mask_secrets, mask_url
+
+    for masked in (mask_url(url), mask_secrets(f"cannot reach {url}: refused", url)):
+        assert secret not in masked and "***" in masked
+        assert "db.example/omicron" in masked  # the rest stays readable

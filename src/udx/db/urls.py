@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|sslpassword)=)[^&\s'\"]*")
 
 
 def default_database_url() -> str:
@@ -25,16 +26,51 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def mask_url(url: str) -> str:
-    """Hide the password of every URL in `url` (it may be a whole message)."""
-    return _PASSWORD.sub(lambda m: f"{m.group('head')}:***@", url)
+def _split(url: str) -> tuple[str, str, str | None, str, str] | None:
+    """(scheme, user, password, host part, rest) of one URL, or None."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    at = authority.rfind("@")  # a password may itself hold "@"
+    if at == -1:
+        return scheme, "", None, authority, tail
+    user, colon, password = authority[:at].partition(":")
+    return scheme, user, password if colon else None, authority[at + 1 :], tail
+
+
+def _mask_one(url: str) -> str:
+    parts = _split(url)
+    if parts is None:
+        return url
+    scheme, user, password, host, tail = parts
+    if password is not None:
+        host = f"{user}:***@{host}"
+    elif user:
+        host = f"{user}@{host}"
+    tail = _QUERY_SECRET.sub(r"\1***", tail)
+    return f"{scheme}://{host}{tail}"
+
+
+def mask_url(text: str) -> str:
+    """Hide the passwords of every URL in `text` (it may be a whole message): in
+    the user info and in password= query parameters."""
+    return _URL.sub(lambda m: _mask_one(m.group(0)), text)
 
 
 def mask_secrets(text: str, url: str | None) -> str:
-    """Mask URLs in `text`, and the literal password of `url` wherever it appears."""
+    """Mask URLs in `text`, and the literal password of `url` wherever it appears
+    (a driver may quote it outside a URL). Passwords under 4 characters are not
+    replaced as bare text: that would garble every message without hiding much."""
     out = mask_url(text)
-    if url:
-        m = _PASSWORD.search(url)
-        if m and m.group("pw"):
-            out = out.replace(m.group("pw"), "***")
+    parts = _split(url) if url else None
+    secrets = []
+    if parts is not None:
+        if parts[2]:
+            secrets.append(parts[2])
+        secrets += [m.group(0).split("=", 1)[1] for m in _QUERY_SECRET.finditer(parts[4])]
+    for secret in secrets:
+        if len(secret) >= 4:
+            out = out.replace(secret, "***")
     return out
