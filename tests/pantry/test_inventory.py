@@ -187,6 +187,14 @@ def test_dns_srv_without_addresses_is_unavailable(fake_dns: FakeDns) -> None:
         DnsInventory(ZONE, [fake_dns.server], timeout=1).in_service()
 
 
+def test_dns_one_target_without_address_fails_closed(fake_dns: FakeDns) -> None:
+    # Dropping p2 would make its pantry look expunged and tear down its exports.
+    fake_dns.add(SRV, "SRV", f"0 0 17000 p1.host.{ZONE}.", f"0 0 17001 gone.{ZONE}.")
+    fake_dns.add(f"p1.host.{ZONE}.", "AAAA", "fd00::1")
+    with pytest.raises(InventoryUnavailable, match=f"gone.{ZONE}"):
+        DnsInventory(ZONE, [fake_dns.server], timeout=1).in_service()
+
+
 def test_dns_server_not_answering(fake_dns: FakeDns) -> None:
     fake_dns.silent = True
     inv = DnsInventory(ZONE, [fake_dns.server], timeout=0.3)

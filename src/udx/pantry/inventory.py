@@ -182,6 +182,12 @@ class DnsInventory:
             ips = additional.get(target)
             if not ips:
                 ips = self._resolve_target(resolver, target)
+            if not ips:
+                # Fail closed: dropping the target would make its pantry look
+                # expunged, and the pass would tear down every export on it.
+                raise InventoryUnavailable(
+                    f"pantry SRV target {target} at {where} resolves to no address"
+                )
             for ip in ips:
                 try:
                     found.add(PantryAddress.from_parts(ip, int(srv.port)))
