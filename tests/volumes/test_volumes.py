@@ -175,3 +175,17 @@ def test_copy_after_the_copy_was_deleted_is_refused(db):
         volumes.soft_delete_volume(conn, new_id)
     with db.begin() as conn, pytest.raises(Conflict):
         volumes.copy_volume(conn, src, new_id)
+
+
+def test_copy_refuses_targets_without_a_region_snapshot(db):
+    src, vcr = _source_volume(db)
+    with db.begin() as conn:
+        conn.execute(
+            region_snapshot.delete().where(
+                region_snapshot.c.snapshot_addr == volumes.read_only_targets(vcr)[0]
+            )
+        )
+    before = _refs(db, vcr)
+    with db.begin() as conn, pytest.raises(NotFound, match="no region snapshot"):
+        volumes.copy_volume(conn, src, uuid.uuid4())
+    assert _refs(db, vcr) == before  # nothing taken: the transaction rolled back

@@ -158,16 +158,22 @@ def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID
             .returning(rs.c.snapshot_addr)
         ).scalars().all()
         if len(set(taken)) < len(targets):
+            # Raising rolls back the whole transaction, references included.
             deleting = conn.execute(
                 select(rs.c.snapshot_addr).where(
                     rs.c.snapshot_addr.in_(targets), rs.c.deleting.is_(True)
                 )
             ).first()
             if deleting is not None:
-                # Raising rolls back the whole transaction, references included.
                 raise Conflict(
                     f"region snapshot {deleting[0]} is being deleted; cannot reference it"
                 )
+            unknown = sorted(set(targets) - set(taken))
+            raise NotFound(
+                f"volume {source_id} names read-only targets with no region snapshot "
+                f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}); "
+                "a copy could not be reference-counted"
+            )
     return copy
 
 

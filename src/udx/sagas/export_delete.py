@@ -7,6 +7,7 @@ nothing else can re-trigger the delete.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -17,6 +18,8 @@ from udx.sagas.deps import deps_of
 from udx.sagas.params import uuid_param
 
 EXPORT_DELETE = "export-delete"
+
+log = logging.getLogger(__name__)
 
 
 def _export_id(ctx: ActionContext) -> uuid.UUID:
@@ -74,6 +77,14 @@ def delete_volume(ctx: ActionContext) -> dict[str, Any]:
     def tx(conn: Any) -> dict[str, Any]:
         cleanup = volumes.soft_delete_volume(conn, vid)
         volumes.remove_volume(conn, vid)
+        if cleanup:
+            # The volume row (and its resources_to_clean_up) goes in this same
+            # transaction; the log line survives a crash before the node is logged.
+            log.warning(
+                "deleting volume %s leaves region snapshots unreferenced, to clean up: %s",
+                vid,
+                ", ".join(c["snapshot_addr"] for c in cleanup),
+            )
         return {"resources_to_clean_up": cleanup}
 
     return ctx.db.transaction(tx)
