@@ -115,7 +115,7 @@ def test_copy_refuses_a_region_snapshot_being_deleted(db):
     src, _vcr = _source_volume(db)
     with db.begin() as conn:
         conn.execute(update(region_snapshot).values(deleting=True))
-    with db.begin() as conn, pytest.raises(Conflict, match="being deleted"):
+    with pytest.raises(Conflict, match="being deleted"), db.begin() as conn:
         volumes.copy_volume(conn, src, uuid.uuid4())
     with db.connect() as conn:
         assert conn.execute(select(volume.c.id)).all() and volumes.get(conn, src) is not None
@@ -186,6 +186,6 @@ def test_copy_refuses_targets_without_a_region_snapshot(db):
             )
         )
     before = _refs(db, vcr)
-    with db.begin() as conn, pytest.raises(NotFound, match="no region snapshot"):
+    with pytest.raises(NotFound, match="no region snapshot"), db.begin() as conn:
         volumes.copy_volume(conn, src, uuid.uuid4())
     assert _refs(db, vcr) == before  # nothing taken: the transaction rolled back
