@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # "interrupted": this process lost the saga (lease, or the log could not be
-# written); recovery finishes it later, but this pass did not.
-FAILED_OUTCOMES = ("unwound", "stuck", "interrupted")
+# written); recovery finishes it later, but this pass did not. "abandoned": an
+# operator stopped it mid-run; its record stays locked until repaired by hand.
+FAILED_OUTCOMES = ("unwound", "stuck", "interrupted", "abandoned")
 
 # Saga nodes where a Conflict means another pass or saga got there first.
 _RACE_NODES = {"read_generation", "lock"}
@@ -61,6 +62,8 @@ class PassStatus:
     records_bypassed_ok: list[BypassedRecord] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     sagas_recovered: int = 0
+    # Not in the JSON: tells the CLI to exit 3 (inventory unreachable), not 1.
+    inventory_unavailable: bool = field(default=False, repr=False)
 
     @property
     def failed(self) -> bool:
@@ -69,6 +72,7 @@ class PassStatus:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["inventory_unavailable"]
         for key in ("create_invoked_ok", "delete_invoked_ok"):
             for item in out[key]:
                 if item["error"] is None:
@@ -126,6 +130,8 @@ class Coordinator:
             return list(self.inventory.in_service())
         except UdxError as err:
             status.errors.append(f"cannot read the pantry inventory: {err}")
+            if isinstance(status, PassStatus):
+                status.inventory_unavailable = True
             return None
 
     def _attached_volumes(self, address: PantryAddress) -> set[str] | None:
@@ -234,12 +240,12 @@ class Coordinator:
         )
 
         # 3. Request, then create (one batch of sagas, bounded concurrency).
-        creates: list[tuple[UserDataExport | None, ResourceRef]] = []
+        creates: list[UserDataExport] = []
         for ref in cs.request_required:
             rec = self._request(ref, status)
             if rec is not None:
-                creates.append((rec, ref))
-        creates += [(r, ResourceRef(r.resource_type, r.resource_id)) for r in cs.create_required]
+                creates.append(rec)
+        creates += cs.create_required
 
         # 4. Deletes, by state.
         deletes: list[UserDataExport] = []
@@ -257,18 +263,17 @@ class Coordinator:
             # assigning / deleting: a saga owns the record; skip.
 
         jobs: list[tuple[str, dict[str, Any]]] = [
-            ("export-create", {"export_id": str(rec.id)}) for rec, _ in creates if rec
+            ("export-create", {"export_id": str(rec.id)}) for rec in creates
         ]
         jobs += [
             ("export-delete", {"export_id": str(r.id), "volume_id": str(r.volume_id)})
             for r in deletes
         ]
         notify("total", len(jobs))
-        results = self._run_sagas(jobs, notify, status)
-        create_results = results[: len(jobs) - len(deletes)]
-        delete_results = results[len(jobs) - len(deletes) :]
-        for (rec, _ref), res in zip([c for c in creates if c[0]], create_results, strict=True):
-            assert rec is not None
+        results = self._run_sagas(jobs, notify)
+        create_results = results[: len(creates)]
+        delete_results = results[len(creates) :]
+        for rec, res in zip(creates, create_results, strict=True):
             status.create_invoked_ok.append(_invocation(rec, res))
         for rec, res in zip(deletes, delete_results, strict=True):
             status.delete_invoked_ok.append(_invocation(rec, res))
@@ -288,8 +293,23 @@ class Coordinator:
                 lambda c: exports.create(c, export_id, ref.resource_type, ref.resource_id),
                 name="create export record",
             )
-        except (Conflict, NotFound) as err:
-            # Another pass created it first, or the resource went away: a lost race.
+        except Conflict as err:
+            # Another pass created the record first: a lost race, reported as skipped.
+            log.info("not requesting %s %s: %s", ref.resource_type, ref.resource_id, err)
+            with self.db.connect() as conn:
+                winner = exports.by_resource(conn, ref.resource_type, ref.resource_id)
+            status.create_invoked_ok.append(
+                SagaInvocation(
+                    export_id=str(winner.id) if winner else "",
+                    resource_type=ref.resource_type.value,
+                    resource_id=str(ref.resource_id),
+                    saga_id=None,
+                    outcome="skipped",
+                )
+            )
+            return None
+        except NotFound as err:
+            # The resource went away since the changeset: the next pass sees it gone.
             log.info("not requesting %s %s: %s", ref.resource_type, ref.resource_id, err)
             return None
         except UdxError as err:
@@ -314,11 +334,11 @@ class Coordinator:
         )
 
     def _run_sagas(
-        self, jobs: list[tuple[str, dict[str, Any]]], notify: ProgressFn, status: PassStatus
-    ) -> list[SagaResult | None]:
+        self, jobs: list[tuple[str, dict[str, Any]]], notify: ProgressFn
+    ) -> list[SagaResult]:
         if not jobs:
             return []
-        results: list[SagaResult | None] = list(
+        results: list[SagaResult] = list(
             self.executor.run_many(jobs, on_done=lambda _r: notify("advance", 1))
         )
         return results
@@ -387,14 +407,12 @@ def _step(step: str, action: str, rec: UserDataExport, detail: str = "") -> Plan
     )
 
 
-def _invocation(rec: UserDataExport, res: SagaResult | None) -> SagaInvocation:
+def _invocation(rec: UserDataExport, res: SagaResult) -> SagaInvocation:
     base = dict(
         export_id=str(rec.id),
         resource_type=rec.resource_type.value,
         resource_id=str(rec.resource_id),
     )
-    if res is None:
-        return SagaInvocation(**base, saga_id=None, outcome="skipped")
     outcome = res.outcome
     if (
         outcome == "unwound"

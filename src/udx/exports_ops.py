@@ -24,7 +24,9 @@ class ExportOpResult:
 
     @property
     def failed(self) -> bool:
-        return self.outcome in ("unwound", "stuck", "interrupted")
+        from udx.coordinator import FAILED_OUTCOMES
+
+        return self.outcome in FAILED_OUTCOMES
 
     def to_json(self) -> dict[str, Any]:
         return {

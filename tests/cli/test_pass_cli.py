@@ -104,8 +104,11 @@ def test_pass_json_status(
     assert status["records_marked_for_deletion"] == 0 and status["records_marked_lost"] == 0
     assert status["delete_invoked_ok"] == []
     assert status["records_bypassed_ok"] == [
-        {"export_id": str(fleet["doomed"]), "resource_type": "snapshot",
-         "resource_id": str(fleet["gone"])}
+        {
+            "export_id": str(fleet["doomed"]),
+            "resource_type": "snapshot",
+            "resource_id": str(fleet["gone"]),
+        }
     ]
     creates = status["create_invoked_ok"]
     assert [c["outcome"] for c in creates] == ["succeeded"] * 4
@@ -246,10 +249,10 @@ def test_concurrency_one_still_runs_every_saga(
 # --- metrics ------------------------------------------------------------------------------------
 
 SAMPLE = re.compile(
-    r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)'
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)"
     r'(?:\{(?P<labels>[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"'
     r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*")*)?\})?'
-    r' (?P<value>\S+)$'
+    r" (?P<value>\S+)$"
 )
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -294,7 +297,10 @@ def _sagas(samples: dict[Any, float], kind: str, outcome: str) -> float:
 
 
 def test_metrics_file_matches_the_status(
-    cli: Udx, db: Database, registered: list[SimulatedPantry], fleet: dict[str, Any],
+    cli: Udx,
+    db: Database,
+    registered: list[SimulatedPantry],
+    fleet: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     out_dir = tmp_path / "textfile"
@@ -325,8 +331,9 @@ def test_metrics_file_matches_the_status(
         seed.seed_fleet(conn, snapshots=1)
     for sim in registered:
         sim.fail_next(10_000, 500, method="POST")
-    r = cli("pass", "--json", "--metrics-file", str(prom),
-            env={"UDX_PANTRY_RETRY_BUDGET_SECS": "0.5"})
+    r = cli(
+        "pass", "--json", "--metrics-file", str(prom), env={"UDX_PANTRY_RETRY_BUDGET_SECS": "0.5"}
+    )
     assert r.exit_code == 1
     failed = json.loads(r.stdout)
     samples = parse_prometheus(prom.read_text())
@@ -393,3 +400,43 @@ def test_metrics_file_with_dry_run_is_bad_usage(
     r = cli("pass", "--dry-run", "--metrics-file", str(prom))
     assert_one_line_error(r, 2, "--dry-run")
     assert not prom.exists()
+
+
+@SQLITE_ONLY
+def test_unreachable_inventory_exits_3_with_the_status(cli: Udx, fleet: dict[str, Any]) -> None:
+    # DESIGN.md section 7: an inventory that cannot be read is exit 3, like the database.
+    env = {
+        "UDX_PANTRY_SOURCE": "dns",
+        "UDX_PANTRY_DNS_SERVERS": "127.0.0.1:9",  # nothing answers DNS there
+        "UDX_PANTRY_REQUEST_TIMEOUT_SECS": "0.3",
+    }
+    r = cli("pass", "--json", env=env)
+    assert r.exit_code == 3, (r.stdout, r.stderr)
+    status = json.loads(r.stdout)
+    assert any("pantry inventory" in e for e in status["errors"])
+    assert "inventory_unavailable" not in status  # the JSON shape is unchanged
+
+
+def test_a_record_created_first_by_another_pass_is_reported_skipped(
+    db: Database, registered: list[SimulatedPantry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from udx.config import Settings
+    from udx.datastore import changeset
+    from udx.domain.model import Changeset, ResourceRef
+    from udx.runtime import build_runtime
+
+    with db.begin() as conn:
+        (ref,) = seed.seed_fleet(conn, snapshots=1)
+        winner = exports.create(conn, uuid.uuid4(), ref.resource_type, ref.resource_id)
+    # This pass computed its changeset before the other pass inserted `winner`.
+    stale = Changeset(request_required=[ResourceRef(ref.resource_type, ref.resource_id)])
+    monkeypatch.setattr(changeset, "compute", lambda conn: stale)
+    rt = build_runtime(db, Settings(), concurrency=1)
+    try:
+        status = rt.coordinator.run_pass()
+    finally:
+        rt.close()
+    assert [(i.export_id, i.outcome, i.saga_id) for i in status.create_invoked_ok] == [
+        (str(winner.id), "skipped", None)
+    ]
+    assert status.errors == [] and not status.failed

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from udx.cli.common import is_terminal, print_json, print_table, state, stdout_console, table
-from udx.domain.errors import EXIT_FAILED, BadInput, UdxError
+from udx.domain.errors import EXIT_FAILED, EXIT_UNAVAILABLE, BadInput, UdxError
 
 if TYPE_CHECKING:
     from udx.coordinator import Coordinator, DryRunReport, PassStatus
@@ -72,6 +72,8 @@ def pass_(
             ) from err
     if status.failed:
         _exit_unavailable_if_database_down(db)
+        if status.inventory_unavailable:
+            raise typer.Exit(EXIT_UNAVAILABLE)  # DESIGN.md section 7: exit 3
         raise typer.Exit(EXIT_FAILED)
 
 
