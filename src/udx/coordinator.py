@@ -162,12 +162,19 @@ class Coordinator:
             addr = rec.pantry_address
             if addr in wanted and not rec.resource_deleted and addr is not None:
                 by_pantry.setdefault(addr, []).append(rec)
+        if not by_pantry:
+            return []
+        # Probe the pantries at once: a few dead ones must not add a timeout each.
+        from concurrent.futures import ThreadPoolExecutor
+
+        addresses = sorted(by_pantry)
+        with ThreadPoolExecutor(max_workers=min(len(addresses), 16)) as pool:
+            answers = list(pool.map(self._attached_volumes, addresses))
         lost: list[UserDataExport] = []
-        for addr, records in sorted(by_pantry.items()):
-            attached = self._attached_volumes(addr)
+        for addr, attached in zip(addresses, answers, strict=True):
             if attached is None:
                 continue
-            lost += [r for r in records if str(r.volume_id).lower() not in attached]
+            lost += [r for r in by_pantry[addr] if str(r.volume_id).lower() not in attached]
         return lost
 
     # --- the pass -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, exists, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from udx.datastore.resources import resource_table
 from udx.db.schema import image, snapshot, user_data_export
 from udx.domain.address import PantryAddress
 from udx.domain.errors import Conflict, NotFound
@@ -143,10 +144,6 @@ def count_by_state(conn: Connection) -> dict[ExportState, int]:
 # --- creation --------------------------------------------------------------------------
 
 
-def _resource_table(resource_type: ResourceType) -> Any:
-    return snapshot if resource_type is ResourceType.SNAPSHOT else image
-
-
 def create(
     conn: Connection,
     export_id: uuid.UUID,
@@ -162,7 +159,7 @@ def create(
     existing = get(conn, export_id)
     if existing is not None:
         return existing
-    res = _resource_table(resource_type)
+    res = resource_table(resource_type)
     live = conn.execute(
         select(res.c.id).where(res.c.id == resource_id, res.c.time_deleted.is_(None))
     ).first()

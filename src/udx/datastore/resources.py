@@ -13,7 +13,6 @@ from sqlalchemy import Connection, select, update
 
 from udx.db.schema import image, snapshot
 from udx.db.types import utcnow
-from udx.domain.errors import NotFound
 from udx.domain.model import ResourceType
 
 
@@ -24,17 +23,6 @@ def resource_table(kind: ResourceType) -> Any:
 def get_resource(conn: Connection, kind: ResourceType, resource_id: uuid.UUID) -> Any | None:
     tbl = resource_table(kind)
     return conn.execute(select(tbl).where(tbl.c.id == resource_id)).first()
-
-
-def resource_volume_id(conn: Connection, kind: ResourceType, resource_id: uuid.UUID) -> uuid.UUID:
-    """The volume backing a live snapshot or image."""
-    tbl = resource_table(kind)
-    row = conn.execute(
-        select(tbl.c.volume_id).where(tbl.c.id == resource_id, tbl.c.time_deleted.is_(None))
-    ).first()
-    if row is None:
-        raise NotFound(f"{kind.value} {resource_id} does not exist or is deleted")
-    return uuid.UUID(str(row[0]))
 
 
 def soft_delete(conn: Connection, kind: ResourceType, ids: Sequence[uuid.UUID]) -> int:

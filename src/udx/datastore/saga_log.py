@@ -262,8 +262,10 @@ def renew(
         saga.c.current_sec == sec_id,
         saga.c.saga_state.in_(ACTIVE_STATES),
     )
-    conn.execute(update(saga).where(cond).values(lease_expires=lease_expires))
-    return {r[0] for r in conn.execute(select(saga.c.id).where(cond))}
+    held = conn.execute(
+        update(saga).where(cond).values(lease_expires=lease_expires).returning(saga.c.id)
+    )
+    return {r[0] for r in held}
 
 
 def append_event(

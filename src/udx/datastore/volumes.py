@@ -151,12 +151,16 @@ def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID
     if targets:
         # One statement both takes the references and refuses targets being
         # deleted (fewer reads also means fewer serialization conflicts).
-        taken = conn.execute(
-            update(rs)
-            .where(rs.c.snapshot_addr.in_(targets), rs.c.deleting.is_(False))
-            .values(volume_references=rs.c.volume_references + 1)
-            .returning(rs.c.snapshot_addr)
-        ).scalars().all()
+        taken = (
+            conn.execute(
+                update(rs)
+                .where(rs.c.snapshot_addr.in_(targets), rs.c.deleting.is_(False))
+                .values(volume_references=rs.c.volume_references + 1)
+                .returning(rs.c.snapshot_addr)
+            )
+            .scalars()
+            .all()
+        )
         if len(set(taken)) < len(targets):
             # Raising rolls back the whole transaction, references included.
             deleting = conn.execute(
