@@ -126,13 +126,24 @@ class Coordinator:
     # --- step 1 ---------------------------------------------------------------------------
 
     def _in_service(self, status: PassStatus | DryRunReport) -> list[PantryAddress] | None:
+        """The in-service list, or None (with an error) when step 1 must not mark."""
         try:
-            return list(self.inventory.in_service())
+            addresses = list(self.inventory.in_service())
         except UdxError as err:
             status.errors.append(f"cannot read the pantry inventory: {err}")
             if isinstance(status, PassStatus):
                 status.inventory_unavailable = True
             return None
+        if not addresses:
+            # An empty list would mark every record on every pantry: far more likely a
+            # misconfiguration (an empty static list, an emptied table) than a rack
+            # with no pantry left. Refuse, loudly; an operator can expunge by hand.
+            status.errors.append(
+                "the pantry inventory lists no pantry in service: not marking any record "
+                "(check [pantry] source and `udx pantry list`)"
+            )
+            return None
+        return addresses
 
     def _attached_volumes(self, address: PantryAddress) -> set[str] | None:
         """The volumes a pantry says it holds; None when it does not answer."""
@@ -207,15 +218,6 @@ class Coordinator:
 
         # 1. Expunged pantries, then lost attachments.
         in_service = self._in_service(status)
-        if in_service is not None and not in_service:
-            # An empty list would mark every record on every pantry: far more likely a
-            # misconfiguration (an empty static list, an emptied table) than a rack
-            # with no pantry left. Refuse, loudly; an operator can expunge by hand.
-            status.errors.append(
-                "the pantry inventory lists no pantry in service: not marking any record "
-                "(check [pantry] source and `udx pantry list`)"
-            )
-            in_service = None
         if in_service is not None:
             try:
                 status.records_marked_for_deletion = self.db.transaction(
@@ -361,12 +363,6 @@ class Coordinator:
         # Records step 1 would mark join delete_required, as they would after marking.
         to_delete: dict[uuid.UUID, UserDataExport] = {}
         in_service = self._in_service(report)
-        if in_service is not None and not in_service:
-            report.errors.append(
-                "the pantry inventory lists no pantry in service: the pass would not mark "
-                "any record"
-            )
-            in_service = None
         if in_service is not None:
             with self.db.connect() as conn:
                 affected = exports.records_on_expunged_pantries(conn, in_service)
