@@ -9,7 +9,7 @@ harness catches them.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -137,23 +137,29 @@ def receipt(ctx: ActionContext) -> dict[str, Any]:
     return {"transfer_id": ctx.output("transfer_id"), "amount": ctx.output("debit")["debited"]}
 
 
-def transfer_saga() -> SagaDefinition:
+def transfer_saga(in_log_transaction: bool = False) -> SagaDefinition:
+    flag = in_log_transaction
     return SagaDefinition(
         "test-transfer",
         [
-            Node("transfer_id", new_transfer_id),
-            Node("debit", debit, undo_debit),
-            Node("credit", credit, undo_credit),
-            Node("receipt", receipt),
+            Node("transfer_id", new_transfer_id, in_log_transaction=flag),
+            Node("debit", debit, undo_debit, in_log_transaction=flag),
+            Node("credit", credit, undo_credit, in_log_transaction=flag),
+            Node("receipt", receipt, in_log_transaction=flag),
         ],
         validate_params=_validate,
     )
 
 
+def transfer_saga_in_log_transaction() -> SagaDefinition:
+    """Every node run inside its log transaction (`Node.in_log_transaction`)."""
+    return transfer_saga(in_log_transaction=True)
+
+
 # --- deliberately broken variants ---------------------------------------------------------
 
 
-def non_idempotent_saga() -> SagaDefinition:
+def non_idempotent_saga(in_log_transaction: bool = False) -> SagaDefinition:
     """The debit forgets its applied-marker: running it twice debits twice."""
 
     def bad_debit(ctx: ActionContext) -> dict[str, Any]:
@@ -163,28 +169,27 @@ def non_idempotent_saga() -> SagaDefinition:
     def bad_undo_debit(ctx: ActionContext) -> None:
         _unstep(ctx, "debit", ctx.params["from"], -ctx.params["amount"], guarded=False)
 
-    base = transfer_saga()
+    base = transfer_saga(in_log_transaction)
     nodes = [
-        Node("debit", bad_debit, bad_undo_debit) if n.name == "debit" else n for n in base.nodes
+        replace(n, action=bad_debit, undo=bad_undo_debit) if n.name == "debit" else n
+        for n in base.nodes
     ]
     return SagaDefinition("test-transfer", nodes, base.validate_params)
 
 
-def broken_undo_saga() -> SagaDefinition:
+def broken_undo_saga(in_log_transaction: bool = False) -> SagaDefinition:
     """The credit's undo does nothing: an unwind after it leaves money behind."""
-    base = transfer_saga()
-    nodes = [
-        Node("credit", credit, lambda ctx: None) if n.name == "credit" else n for n in base.nodes
-    ]
+    base = transfer_saga(in_log_transaction)
+    nodes = [replace(n, undo=lambda ctx: None) if n.name == "credit" else n for n in base.nodes]
     return SagaDefinition("test-transfer", nodes, base.validate_params)
 
 
-def non_idempotent_undo_saga() -> SagaDefinition:
+def non_idempotent_undo_saga(in_log_transaction: bool = False) -> SagaDefinition:
     """The debit's undo refunds without checking it already did."""
 
     def bad_undo_debit(ctx: ActionContext) -> None:
         _unstep(ctx, "debit", ctx.params["from"], -ctx.params["amount"], guarded=False)
 
-    base = transfer_saga()
-    nodes = [Node("debit", debit, bad_undo_debit) if n.name == "debit" else n for n in base.nodes]
+    base = transfer_saga(in_log_transaction)
+    nodes = [replace(n, undo=bad_undo_debit) if n.name == "debit" else n for n in base.nodes]
     return SagaDefinition("test-transfer", nodes, base.validate_params)

@@ -11,6 +11,7 @@ from udx.db.engine import Database
 from udx.saga.harness import HarnessFailure, HarnessUsageError, SagaHarness
 
 SAGA = "tests.saga.counter_saga:transfer_saga"
+SAGA_IN_LOG_TRANSACTION = "tests.saga.counter_saga:transfer_saga_in_log_transaction"
 DEPS = "tests.saga.counter_saga:make_deps"
 
 
@@ -29,6 +30,12 @@ def harness_for(db_url: str, db: Database, definition: object) -> SagaHarness:
 @pytest.fixture
 def harness(db_url: str, db: Database) -> Iterator[SagaHarness]:
     with harness_for(db_url, db, SAGA) as h:
+        yield h
+
+
+@pytest.fixture
+def harness_in_log_transaction(db_url: str, db: Database) -> Iterator[SagaHarness]:
+    with harness_for(db_url, db, SAGA_IN_LOG_TRANSACTION) as h:
         yield h
 
 
@@ -58,6 +65,67 @@ def test_correct_saga_survives_a_crash_at_each_point_while_unwinding(
     # credit's succeeded) + failed, then credit and debit x (undo_started, returned,
     # undo_finished), done
     assert harness.check_crash_at_each_point(fail_at="receipt") == 16
+
+
+# --- the same saga with every node in its log transaction ----------------------------------
+
+
+def test_in_log_transaction_baseline_moves_the_amount(
+    harness_in_log_transaction: SagaHarness,
+) -> None:
+    start, end, checkpoints = harness_in_log_transaction.baseline()
+    assert start == {"counters": {"a": 100, "b": 0}, "applied": 0}
+    assert end == {"counters": {"a": 93, "b": 7}, "applied": 2}
+    # created + 4 x (action_returned inside the transaction, succeeded once committed);
+    # the last node's transaction also ends the saga
+    assert checkpoints == 9
+
+
+def test_in_log_transaction_passes_the_in_process_checks(
+    harness_in_log_transaction: SagaHarness,
+) -> None:
+    h = harness_in_log_transaction
+    assert h.check_actions_idempotent() == 1
+    assert h.check_unwind_at_each_node() == 4
+    assert h.check_undos_idempotent() == 4
+
+
+def test_in_log_transaction_survives_a_crash_at_each_point(
+    harness_in_log_transaction: SagaHarness,
+) -> None:
+    # A crash at action_returned is inside the open transaction: the action's effect
+    # is rolled back with its log entry, and recovery runs it again.
+    assert harness_in_log_transaction.check_crash_at_each_point() == 9
+
+
+def test_in_log_transaction_survives_a_crash_at_each_point_while_unwinding(
+    harness_in_log_transaction: SagaHarness,
+) -> None:
+    # created, 3 x (returned, succeeded), receipt's failure (started + failed in one
+    # write), credit and debit x (undo returned, undo_finished), done
+    assert harness_in_log_transaction.check_crash_at_each_point(fail_at="receipt") == 13
+
+
+@pytest.mark.parametrize("in_log_transaction", [False, True], ids=["separate", "in-log-txn"])
+def test_harness_catches_broken_in_log_transaction_sagas(
+    db_url: str, db: Database, in_log_transaction: bool
+) -> None:
+    flag = in_log_transaction
+    with (
+        harness_for(db_url, db, counter_saga.non_idempotent_saga(flag)) as h,
+        pytest.raises(HarnessFailure, match="every action executed twice"),
+    ):
+        h.check_actions_idempotent()
+    with (
+        harness_for(db_url, db, counter_saga.broken_undo_saga(flag)) as h,
+        pytest.raises(HarnessFailure, match="failure injected at node 'receipt'"),
+    ):
+        h.check_unwind_at_each_node()
+    with (
+        harness_for(db_url, db, counter_saga.non_idempotent_undo_saga(flag)) as h,
+        pytest.raises(HarnessFailure, match="every undo executed twice"),
+    ):
+        h.check_undos_idempotent()
 
 
 def test_harness_catches_a_non_idempotent_action(db_url: str, db: Database) -> None:

@@ -130,15 +130,27 @@ class Database:
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 0.25)
                     continue
-                translated = self.translate(err)
-                if not isinstance(translated, UdxError):
-                    # Callers (the pass above all) handle UdxError per item and go on.
-                    detail = str(getattr(err, "orig", err)).strip().splitlines()[0]
-                    translated = DatabaseError(
-                        f"{name} failed: {mask_secrets(detail, self.url)}", _sqlstate(err)
-                    )
-                raise translated from err
+                raise self._failure(err, name) from err
         raise AssertionError("unreachable")
+
+    def _failure(self, err: exc.DBAPIError, name: str) -> UdxError:
+        translated = self.translate(err)
+        if isinstance(translated, UdxError):
+            return translated
+        # Callers (the pass above all) handle UdxError per item and go on.
+        detail = str(getattr(err, "orig", err)).strip().splitlines()[0]
+        return DatabaseError(f"{name} failed: {mask_secrets(detail, self.url)}", _sqlstate(err))
+
+    def bound_to(self, conn: Connection) -> Database:
+        """This database as seen from inside a transaction already open on `conn`.
+
+        `transaction`, `begin` and `connect` of the result all run on `conn`, in
+        the enclosing transaction: code written against a `Database` (a saga
+        action) becomes part of its caller's transaction unchanged. Errors are
+        translated as `transaction` does, except serialization failures, which are
+        re-raised as they are so the enclosing `transaction` retries from its start.
+        """
+        return _BoundDatabase(self, conn)
 
     @contextmanager
     def _begin(self, isolation: str | None) -> Iterator[Connection]:
@@ -163,6 +175,44 @@ class Database:
         return err
 
 
+class _BoundDatabase(Database):
+    """See `Database.bound_to`."""
+
+    def __init__(self, outer: Database, conn: Connection) -> None:
+        super().__init__(outer.engine, outer.url)
+        self._outer = outer
+        self._conn = conn
+
+    def bound_to(self, conn: Connection) -> Database:
+        return self._outer.bound_to(conn)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        try:
+            yield self._conn
+        except exc.DBAPIError as err:
+            if is_retryable(err):
+                raise
+            raise self._failure(err, "query") from err
+
+    begin = connect
+
+    def transaction(
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        name: str = "transaction",
+        isolation: str | None = None,
+    ) -> T:
+        # `isolation` cannot change mid-transaction: the enclosing one's level holds.
+        try:
+            return fn(self._conn)
+        except exc.DBAPIError as err:
+            if is_retryable(err):
+                raise
+            raise self._failure(err, name) from err
+
+
 def _sqlite_setup(engine: Engine) -> None:
     # pysqlite's implicit transactions begin lazily and upgrade read locks to write
     # locks mid-transaction, which deadlocks concurrent writers. Take control:
@@ -179,6 +229,38 @@ def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# A pooled connection unused for this long is pinged before it is handed out.
+IDLE_PING_SECS = 2.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """SQLAlchemy's pessimistic disconnect handling, for idle connections only.
+
+    `pool_pre_ping` pings on every checkout: a round trip before each of the ~15
+    transactions of an export saga, for connections that answered milliseconds
+    ago. A connection goes stale by sitting idle (a server restart, a proxy's idle
+    timeout); one reused at once is as alive as a ping would show. A failed ping
+    raises DisconnectionError, which makes the pool discard the connection and
+    check out another (the documented recipe).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["udx_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("udx_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECS:
+            return  # fresh from connect, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as err:
+            if engine.dialect.is_disconnect(err, dbapi_conn, None):  # type: ignore[arg-type]
+                raise exc.DisconnectionError(str(err)) from err
+            raise
 
 
 def open_database(
@@ -207,7 +289,6 @@ def open_database(
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     elif backend in ("postgresql", "cockroachdb"):
         kwargs["isolation_level"] = isolation
-        kwargs["pool_pre_ping"] = True
         kwargs["connect_args"] = {"connect_timeout": 5}
         kwargs["pool_size"] = 20
         kwargs["max_overflow"] = 20
@@ -222,4 +303,6 @@ def open_database(
         raise BadInput(f"unusable database URL {mask_secrets(url, url)!r}: {err}") from None
     if backend == "sqlite":
         _sqlite_setup(engine)
+    else:
+        _ping_idle_connections(engine)
     return Database(engine, url)

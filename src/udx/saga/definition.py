@@ -17,11 +17,22 @@ Outcome = Literal["succeeded", "unwound", "stuck", "abandoned", "interrupted"]
 class Node:
     """One step. `action` returns a JSON-serialisable value (its output, logged) or
     raises (the node failed). `undo` reverses a successful action. Both must be
-    idempotent: after a crash either may run again."""
+    idempotent: after a crash either may run again.
+
+    `in_log_transaction`: the action and undo touch nothing but the database, and
+    only through `ctx.db`. The executor then runs them inside the transaction that
+    logs the node, so the effect and its log entry commit together or not at all,
+    in one transaction instead of two. That transaction runs at the log's level
+    (READ COMMITTED on PostgreSQL, see `executor.LOG_ISOLATION`): such actions must
+    rest on row locks, i.e. conditional UPDATEs and rows keyed by ids the saga
+    owns. Never set it on a node that calls out (HTTP): the transaction, and the
+    saga row's lock, would stay open for the whole call.
+    """
 
     name: str
     action: Callable[[ActionContext], Any]
     undo: Callable[[ActionContext], None] | None = None
+    in_log_transaction: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from udx.datastore import saga_log
+from udx.db.engine import is_retryable
 from udx.db.types import utcnow
 from udx.domain.errors import BadInput, Conflict, UdxError
-from udx.saga.definition import ActionContext, Outcome, SagaDefinition, SagaResult
+from udx.saga.definition import ActionContext, Node, Outcome, SagaDefinition, SagaResult
 from udx.saga.errors import SagaUnrecoverable
 
 if TYPE_CHECKING:
@@ -39,9 +40,15 @@ log = logging.getLogger(__name__)
 
 # Saga log writes are guarded by one conditional UPDATE of the saga row (owner
 # and adopt generation), which holds that row's lock until commit; that is safe at
-# READ COMMITTED. At SERIALIZABLE, PostgreSQL's predicate locks on the shared
-# saga_node_event index made concurrent sagas abort each other's log writes
-# (thousands of 40001 retries per 1,000 sagas, measured in bench/pass_throughput.py).
+# READ COMMITTED. At SERIALIZABLE, PostgreSQL's predicate locks, taken per index
+# page, made concurrent sagas abort each other's log writes: thousands of 40001
+# retries per 1,000 sagas, for keys no two sagas ever share (measured in
+# bench/pass_throughput.py). Nodes run in their log transaction
+# (`Node.in_log_transaction`) share this level: the saga row lock keeps every
+# other process off the saga, and their writes are compare-and-swap UPDATEs
+# (which READ COMMITTED re-checks against the latest row version) or rows keyed
+# by ids only this saga holds. Only PostgreSQL honours the override; CockroachDB
+# runs everything SERIALIZABLE, where conflicts are per key.
 LOG_ISOLATION = "READ COMMITTED"
 
 # (node id, event type, data as JSON text or None)
@@ -77,6 +84,21 @@ class _Stop(Exception):
 
 class _NotOwner(Exception):
     pass
+
+
+class _ActionFailed(Exception):
+    """An action or undo run inside a log transaction failed (not the log write)."""
+
+    def __init__(self, err: BaseException) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
+def _failure_info(err: BaseException) -> dict[str, str]:
+    failure = {"error": one_line(err), "type": type(err).__name__}
+    if isinstance(err, TypeError | ValueError) and "JSON" in str(err):
+        failure["error"] = f"output is not JSON-serialisable: {one_line(err)}"
+    return failure
 
 
 @dataclass
@@ -303,7 +325,7 @@ class SagaExecutor:
 
         self.db.transaction(insert, name="saga insert", isolation=LOG_ISOLATION)
         self._checkpoint(saga_id, "created", None)
-        return self._drive(_Run(saga_id, definition, params_json, 1), "running")
+        return self._drive(_Run(saga_id, definition, params_json, 1), "running", fresh=True)
 
     def _check_resumable(self, rec: saga_log.SagaRecord) -> None:
         if rec.saga_state == "abandoned":
@@ -442,18 +464,21 @@ class SagaExecutor:
     def _renew(self, ids: list[uuid.UUID], conn: Connection) -> None:
         saga_log.renew(conn, ids, self.sec_id, utcnow() + timedelta(seconds=self.lease_secs))
 
-    def _drive(self, run: _Run, state: str) -> SagaResult:
+    def _drive(self, run: _Run, state: str, *, fresh: bool = False) -> SagaResult:
         with self._active_saga(run.saga_id):
             try:
-                return self._drive_owned(run, state)
+                return self._drive_owned(run, state, fresh)
             except _Stop as stop:
                 level = logging.INFO if stop.outcome == "abandoned" else logging.WARNING
                 log.log(level, "saga %s: stopped driving it: %s", run.saga_id, stop.message)
                 return run.result(stop.outcome, stop.message)
 
-    def _drive_owned(self, run: _Run, state: str) -> SagaResult:
-        with self.db.connect() as conn:
-            evs = saga_log.events(conn, run.saga_id)
+    def _drive_owned(self, run: _Run, state: str, fresh: bool) -> SagaResult:
+        # A saga this executor has just created has no events yet: no need to read.
+        evs: list[saga_log.NodeEvent] = []
+        if not fresh:
+            with self.db.connect() as conn:
+                evs = saga_log.events(conn, run.saga_id)
         by_node: dict[str, dict[str, saga_log.NodeEvent]] = {}
         for e in evs:
             by_node.setdefault(e.node_id, {})[e.event_type] = e
@@ -471,6 +496,8 @@ class SagaExecutor:
             # instead of two. A crash before that commit re-runs the node, which
             # every action must tolerate anyway (it may crash after its own effect).
             pending: list[Event] = []
+            last = run.definition.nodes[-1]
+            finished = False  # the saga's end was logged with the last node
             for node in run.definition.nodes:
                 if node.name in run.outputs:
                     continue
@@ -478,32 +505,49 @@ class SagaExecutor:
                     # Logged as failed but the saga never turned unwinding: finish that step.
                     self._write(run, ("running", "unwinding"), new_state="unwinding")
                     break
-                self._write(run, ("running",), events=[*pending, (node.name, "started", None)])
+                started: list[Event] = [*pending, (node.name, "started", None)]
                 pending = []
-                ctx = self._context(run, node.name)
                 try:
-                    output = node.action(ctx)
-                    data = json.dumps(output, sort_keys=True)
-                except Exception as err:
-                    failure = {"error": one_line(err), "type": type(err).__name__}
-                    if isinstance(err, TypeError | ValueError) and "JSON" in str(err):
-                        failure["error"] = f"output is not JSON-serialisable: {one_line(err)}"
+                    if node.in_log_transaction:
+                        data = self._act_in_log_transaction(run, node, started, node is last)
+                        finished = node is last
+                    else:
+                        self._write(run, ("running",), events=started)
+                        started = []  # committed
+                        try:
+                            output = node.action(self._context(run, node.name))
+                            data = json.dumps(output, sort_keys=True)
+                        except Exception as err:
+                            raise _ActionFailed(err) from err
+                        self._checkpoint(run.saga_id, "action_returned", node.name)
+                except _ActionFailed as failed:
+                    failure = _failure_info(failed.err)
                     self._note_failure(run, node.name, failure)
                     log.info("saga %s: %s", run.saga_id, run.error)
+                    # `started` is still to write when the action ran (and rolled
+                    # back) inside its log transaction.
                     self._write(
                         run,
                         ("running", "unwinding"),
-                        events=[(node.name, "failed", json.dumps(failure, sort_keys=True))],
+                        events=[
+                            *started,
+                            (node.name, "failed", json.dumps(failure, sort_keys=True)),
+                        ],
                         new_state="unwinding",
                     )
                     break
-                self._checkpoint(run.saga_id, "action_returned", node.name)
-                pending = [(node.name, "succeeded", data)]
                 run.outputs[node.name] = json.loads(data)
+                if not node.in_log_transaction:
+                    pending = [(node.name, "succeeded", data)]
             else:
-                self._write(
-                    run, ("running", "done"), events=pending, new_state="done", outcome="succeeded"
-                )
+                if not finished:
+                    self._write(
+                        run,
+                        ("running", "done"),
+                        events=pending,
+                        new_state="done",
+                        outcome="succeeded",
+                    )
                 return run.result("succeeded")
         return self._unwind(run, by_node)
 
@@ -513,11 +557,19 @@ class SagaExecutor:
                 continue  # only what succeeded is undone; a failed action left nothing
             if "undo_finished" in by_node.get(node.name, {}):
                 continue
-            self._write(run, ("unwinding",), events=[(node.name, "undo_started", None)])
+            undo_started: list[Event] = [(node.name, "undo_started", None)]
             try:
-                node.undo(self._context(run, node.name))
-            except Exception as err:
-                failure = {"error": one_line(err), "type": type(err).__name__}
+                if node.in_log_transaction:
+                    self._undo_in_log_transaction(run, node, undo_started)
+                    continue
+                self._write(run, ("unwinding",), events=undo_started)
+                undo_started = []  # committed
+                try:
+                    node.undo(self._context(run, node.name))
+                except Exception as err:
+                    raise _ActionFailed(err) from err
+            except _ActionFailed as failed:
+                failure = _failure_info(failed.err)
                 message = f"undo of node {node.name} failed: {failure['error']}"
                 if run.error:
                     message = f"{run.error}; {message}"
@@ -525,7 +577,10 @@ class SagaExecutor:
                 self._write(
                     run,
                     ("unwinding", "done"),
-                    events=[(node.name, "undo_failed", json.dumps(failure, sort_keys=True))],
+                    events=[
+                        *undo_started,
+                        (node.name, "undo_failed", json.dumps(failure, sort_keys=True)),
+                    ],
                     new_state="done",
                     outcome="stuck",
                 )
@@ -542,12 +597,60 @@ class SagaExecutor:
         run.error = f"node {node} failed: {info.get('error', '?')}"
         run.error_type = info.get("type")
 
-    def _context(self, run: _Run, node: str) -> ActionContext:
+    def _act_in_log_transaction(
+        self, run: _Run, node: Node, events: list[Event], finish: bool
+    ) -> str:
+        """Run a node's action inside the transaction that logs `events` (its
+        `started`, and the previous node's `succeeded`) and its own `succeeded`;
+        with `finish`, the saga's end too. Returns the output as JSON text; raises
+        _ActionFailed (everything rolled back) when the action fails."""
+        out: list[str] = []
+
+        def inside(conn: Connection) -> list[Event]:
+            out.clear()
+            try:
+                output = node.action(self._context(run, node.name, self.db.bound_to(conn)))
+                data = json.dumps(output, sort_keys=True)
+            except Exception as err:
+                if is_retryable(err):
+                    raise  # the log transaction retries from its start
+                raise _ActionFailed(err) from err
+            self._checkpoint(run.saga_id, "action_returned", node.name)
+            out.append(data)
+            return [(node.name, "succeeded", data)]
+
+        self._write(
+            run,
+            ("running", "done") if finish else ("running",),
+            events=events,
+            inside=inside,
+            new_state="done" if finish else None,
+            outcome="succeeded" if finish else None,
+        )
+        return out[0]
+
+    def _undo_in_log_transaction(self, run: _Run, node: Node, events: list[Event]) -> None:
+        assert node.undo is not None
+        undo = node.undo
+
+        def inside(conn: Connection) -> list[Event]:
+            try:
+                undo(self._context(run, node.name, self.db.bound_to(conn)))
+            except Exception as err:
+                if is_retryable(err):
+                    raise
+                raise _ActionFailed(err) from err
+            self._checkpoint(run.saga_id, "undo_returned", node.name)
+            return [(node.name, "undo_finished", None)]
+
+        self._write(run, ("unwinding",), events=events, inside=inside)
+
+    def _context(self, run: _Run, node: str, db: Database | None = None) -> ActionContext:
         return ActionContext(
             saga_id=run.saga_id,
             params=json.loads(run.params_json),
             node=node,
-            db=self.db,
+            db=db or self.db,
             deps=self.deps,
             _outputs=types.MappingProxyType(dict(run.outputs)),
         )
@@ -560,8 +663,13 @@ class SagaExecutor:
         events: list[Event] | tuple[()] = (),
         new_state: str | None = None,
         outcome: str | None = None,
+        inside: Callable[[Connection], list[Event]] | None = None,
     ) -> None:
         """One log write in one transaction, only while this executor owns the saga.
+
+        `inside`, when given, runs in that transaction after `events` are written
+        (an action in its log transaction); the events it returns are written after
+        it. It raises _ActionFailed, which is passed on at once (not retried).
 
         `states` are the saga states the write may find; a state change lists its
         target too, so re-running a write whose commit was not acknowledged is a
@@ -569,7 +677,10 @@ class SagaExecutor:
         saga up ("interrupted") and recovery finishes it later.
         """
 
+        written: list[Event] = []
+
         def txn(conn: Connection) -> None:
+            written.clear()
             now = utcnow()
             if not saga_log.claim(
                 conn,
@@ -578,21 +689,20 @@ class SagaExecutor:
                 run.generation,
                 states=states,
                 lease_expires=now + timedelta(seconds=self.lease_secs),
+                new_state=new_state,
+                outcome=outcome,
             ):
                 raise _NotOwner()
-            for i, (node_id, event_type, data) in enumerate(events):
-                saga_log.append_event(
-                    conn,
-                    saga_id=run.saga_id,
-                    node_id=node_id,
-                    event_type=event_type,
-                    data=data,
-                    creator=self.sec_id,
-                    # Events written together keep their order when sorted by time.
-                    now=now + timedelta(microseconds=i),
-                )
-            if new_state is not None:
-                saga_log.set_state(conn, run.saga_id, new_state, outcome=outcome)
+            written.extend(events)
+            if inside is not None:
+                written.extend(inside(conn))
+            saga_log.append_events(
+                conn,
+                run.saga_id,
+                # Events written together keep their order when sorted by time.
+                [(n, e, d, now + timedelta(microseconds=i)) for i, (n, e, d) in enumerate(written)],
+                creator=self.sec_id,
+            )
 
         delay = 0.1
         for attempt in range(1, self._attempts + 1):
@@ -603,6 +713,8 @@ class SagaExecutor:
                 raise self._why_not_owner(run) from None
             except saga_log.EventMismatch as err:
                 raise _Stop("interrupted", str(err)) from None
+            except _ActionFailed:
+                raise
             except Exception as err:
                 if attempt == self._attempts:
                     raise _Stop(
@@ -611,7 +723,7 @@ class SagaExecutor:
                 log.warning("saga %s: log write failed (%s); retrying", run.saga_id, one_line(err))
                 time.sleep(delay)
                 delay *= 3
-        last = events[-1] if events else None
+        last = written[-1] if written else None
         kind = last[1] if last is not None else ("done" if new_state == "done" else new_state)
         self._checkpoint(run.saga_id, kind or "state", last[0] if last else None)
 

@@ -62,7 +62,7 @@ from typing import Any
 from udx.datastore import saga_log
 from udx.db.engine import Database, open_database
 from udx.db.types import utcnow
-from udx.saga.definition import ActionContext, Node, SagaDefinition, SagaResult
+from udx.saga.definition import ActionContext, SagaDefinition, SagaResult
 from udx.saga.errors import InjectedFailure
 from udx.saga.executor import Checkpoint, SagaExecutor
 
@@ -150,7 +150,7 @@ def transform(
         if n.name == fail_at:
             action = _failing(n.name)
         undo = _twice_undo(n.undo) if (undos_twice and n.undo is not None) else n.undo
-        nodes.append(Node(n.name, action, undo))
+        nodes.append(dataclasses.replace(n, action=action, undo=undo))
     return dataclasses.replace(definition, nodes=nodes)
 
 

@@ -140,13 +140,13 @@ def validate(params: dict[str, Any]) -> None:
 CREATE_SAGA = SagaDefinition(
     name=EXPORT_CREATE,
     nodes=[
-        Node("generate_ids", generate_ids),
-        Node("read_generation", read_generation),
-        Node("lock", lock, unlock),
-        Node("copy_volume", copy_volume, delete_volume_copy),
+        Node("generate_ids", generate_ids, in_log_transaction=True),
+        Node("read_generation", read_generation, in_log_transaction=True),
+        Node("lock", lock, unlock, in_log_transaction=True),
+        Node("copy_volume", copy_volume, delete_volume_copy, in_log_transaction=True),
         Node("pick_pantry", pick_pantry),
         Node("attach", attach, detach),
-        Node("go_live", go_live),
+        Node("go_live", go_live, in_log_transaction=True),
     ],
     validate_params=validate,
 )

@@ -103,12 +103,12 @@ def validate(params: dict[str, Any]) -> None:
 DELETE_SAGA = SagaDefinition(
     name=EXPORT_DELETE,
     nodes=[
-        Node("generate_lock_id", generate_lock_id),
-        Node("read_generation", read_generation),
-        Node("lock", lock, unlock),
+        Node("generate_lock_id", generate_lock_id, in_log_transaction=True),
+        Node("read_generation", read_generation, in_log_transaction=True),
+        Node("lock", lock, unlock, in_log_transaction=True),
         Node("detach", detach),
-        Node("delete_volume", delete_volume),
-        Node("finish", finish),
+        Node("delete_volume", delete_volume, in_log_transaction=True),
+        Node("finish", finish, in_log_transaction=True),
     ],
     validate_params=validate,
 )

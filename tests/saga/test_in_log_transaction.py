@@ -1,0 +1,293 @@
+"""Nodes run inside their log transaction (`Node.in_log_transaction`): the effect and
+its log entry commit together or not at all; and the pieces that make it work
+(`Database.bound_to`, `saga_log.claim` moving the state, multi-event writes)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import exc, text
+
+from tests.saga import counter_saga
+from udx.datastore import saga_log
+from udx.db.engine import Database
+from udx.db.types import utcnow
+from udx.domain.errors import Conflict, DatabaseError
+from udx.saga import ActionContext, Node, SagaDefinition, SagaExecutor
+
+
+class _Serialization(Exception):
+    sqlstate = "40001"
+
+
+def serialization_failure() -> exc.OperationalError:
+    return exc.OperationalError("UPDATE counter ...", {}, _Serialization("could not serialize"))
+
+
+def events(db: Database, saga_id: uuid.UUID) -> list[tuple[str, str]]:
+    with db.connect() as conn:
+        return [(e.node_id, e.event_type) for e in saga_log.events(conn, saga_id)]
+
+
+def counters(db: Database) -> dict[str, int]:
+    return dict(counter_saga.world(db)["counters"])
+
+
+def add_node(name: str, counter: str, delta: int, *, fail: Exception | None = None) -> Node:
+    """A node that adds to a counter through ctx.db, then maybe fails."""
+
+    def action(ctx: ActionContext) -> dict[str, int]:
+        ctx.db.transaction(
+            lambda c: c.execute(
+                text("UPDATE counter SET value = value + :d WHERE name = :n"),
+                {"d": delta, "n": counter},
+            )
+        )
+        if fail is not None:
+            raise fail
+        return {"added": delta}
+
+    def undo(ctx: ActionContext) -> None:
+        ctx.db.transaction(
+            lambda c: c.execute(
+                text("UPDATE counter SET value = value - :d WHERE name = :n"),
+                {"d": delta, "n": counter},
+            )
+        )
+
+    return Node(name, action, undo, in_log_transaction=True)
+
+
+def test_a_failing_action_leaves_nothing_and_the_saga_unwinds(db: Database) -> None:
+    counter_saga.reset(db)
+    d = SagaDefinition(
+        "two-adds",
+        [add_node("one", "a", 5), add_node("two", "b", 3, fail=Conflict("taken"))],
+    )
+    with SagaExecutor(db, [d]) as ex:
+        result = ex.run("two-adds", {})
+    assert (result.outcome, result.failed_node, result.error_type) == ("unwound", "two", "Conflict")
+    # "two" added 3 to b in its transaction, then failed: rolled back with its log
+    # entry. "one" was undone in its own log transaction.
+    assert counters(db) == {"a": 100, "b": 0}
+    assert events(db, result.saga_id) == [
+        ("one", "started"), ("one", "succeeded"),
+        ("two", "started"), ("two", "failed"),
+        ("one", "undo_started"), ("one", "undo_finished"),
+    ]  # fmt: skip
+
+
+def test_a_failing_undo_in_its_log_transaction_leaves_the_saga_stuck(db: Database) -> None:
+    counter_saga.reset(db)
+
+    def broken_undo(ctx: ActionContext) -> None:
+        ctx.db.transaction(lambda c: c.execute(text("UPDATE counter SET value = 0")))
+        raise RuntimeError("cannot undo")
+
+    one = add_node("one", "a", 5)
+    d = SagaDefinition(
+        "stuck",
+        [
+            Node("one", one.action, broken_undo, in_log_transaction=True),
+            add_node("two", "b", 1, fail=ValueError("no")),
+        ],
+    )
+    with SagaExecutor(db, [d]) as ex:
+        result = ex.run("stuck", {})
+    assert result.outcome == "stuck" and "undo of node one failed: cannot undo" in (
+        result.error or ""
+    )
+    assert counters(db) == {"a": 105, "b": 0}  # the undo's write went with its transaction
+    assert events(db, result.saga_id)[-2:] == [("one", "undo_started"), ("one", "undo_failed")]
+    with db.connect() as conn:
+        rec = saga_log.get_required(conn, result.saga_id)
+    assert (rec.saga_state, rec.outcome) == ("done", "stuck")
+
+
+def test_a_serialization_failure_reruns_the_whole_log_transaction(db: Database) -> None:
+    counter_saga.reset(db)
+    calls: list[int] = []
+
+    def flaky(ctx: ActionContext) -> int:
+        ctx.db.transaction(
+            lambda c: c.execute(text("UPDATE counter SET value = value + 1 WHERE name = 'b'"))
+        )
+        calls.append(1)
+        if len(calls) == 1:
+            raise serialization_failure()  # as PostgreSQL's 40001 from a statement
+        return len(calls)
+
+    d = SagaDefinition("flaky", [Node("only", flaky, in_log_transaction=True)])
+    with SagaExecutor(db, [d]) as ex:
+        result = ex.run("flaky", {})
+    assert result.outcome == "succeeded" and result.outputs["only"] == 2
+    assert len(calls) == 2
+    assert counters(db)["b"] == 1  # the first attempt's write was rolled back
+    assert events(db, result.saga_id) == [("only", "started"), ("only", "succeeded")]
+
+
+def test_another_database_error_fails_the_node(db: Database) -> None:
+    counter_saga.reset(db)
+
+    def bad_sql(ctx: ActionContext) -> None:
+        with ctx.db.connect() as conn:
+            conn.execute(text("SELECT * FROM no_such_table"))
+
+    d = SagaDefinition(
+        "bad", [add_node("one", "a", 5), Node("two", bad_sql, in_log_transaction=True)]
+    )
+    with SagaExecutor(db, [d]) as ex:
+        result = ex.run("bad", {})
+    assert (result.outcome, result.failed_node, result.error_type) == (
+        "unwound",
+        "two",
+        "DatabaseError",
+    )
+    assert counters(db) == {"a": 100, "b": 0}
+
+
+def test_resuming_a_saga_whose_nodes_all_succeeded_ends_it(db: Database) -> None:
+    """Every node logged as succeeded but the saga still running (a crash before the
+    state change was written by a version that wrote it separately): resume ends it."""
+    counter_saga.reset(db)
+    d = SagaDefinition("done-already", [add_node("one", "a", 5)])
+    sid = uuid.uuid4()
+    now = utcnow()
+    with db.begin() as conn:
+        saga_log.insert(
+            conn, saga_id=sid, name="done-already", params_json="{}", sec_id=uuid.uuid4(),
+            now=now, lease_expires=now,
+        )  # fmt: skip
+        saga_log.append_events(
+            conn,
+            sid,
+            [("one", "started", None, now), ("one", "succeeded", '{"added": 5}', now)],
+            creator=uuid.uuid4(),
+        )
+    with SagaExecutor(db, [d]) as ex:
+        result = ex.resume(sid)
+    assert result.outcome == "succeeded" and result.outputs["one"] == {"added": 5}
+    assert counters(db)["a"] == 100  # not run again
+    with db.connect() as conn:
+        rec = saga_log.get_required(conn, sid)
+    assert (rec.saga_state, rec.outcome) == ("done", "succeeded")
+
+
+def test_the_last_node_ends_the_saga_in_its_own_transaction(db: Database) -> None:
+    from udx.testing.statements import count_statements
+
+    counter_saga.reset(db)
+    d = SagaDefinition("one-node", [add_node("one", "a", 1)])
+    with SagaExecutor(db, [d]) as ex, count_statements(db.engine) as log:
+        result = ex.run("one-node", {})
+    assert result.outcome == "succeeded"
+    # the saga row; then one transaction: claim (moving it to done), the action, the
+    # two events in one statement
+    assert log.count == 4, log.statements
+
+
+# --- the pieces -------------------------------------------------------------------------------
+
+
+def test_bound_database_runs_in_the_enclosing_transaction(db: Database) -> None:
+    counter_saga.reset(db)
+
+    def outer(conn: Any) -> None:
+        bound = db.bound_to(conn)
+        bound.transaction(
+            lambda c: c.execute(text("UPDATE counter SET value = 1 WHERE name = 'a'"))
+        )
+        with bound.connect() as c:
+            assert c is conn
+            assert c.execute(text("SELECT value FROM counter WHERE name = 'a'")).scalar_one() == 1
+        raise RuntimeError("roll it all back")
+
+    with pytest.raises(RuntimeError):
+        db.transaction(outer)
+    assert counters(db)["a"] == 100
+
+
+def test_bound_database_translates_errors_but_passes_serialization_failures_on(
+    db: Database,
+) -> None:
+    def serial(_c: Any) -> None:
+        raise serialization_failure()
+
+    def broken(c: Any) -> None:
+        c.execute(text("SELECT * FROM no_such_table"))
+
+    with db.connect() as conn:
+        bound = db.bound_to(conn)
+        with pytest.raises(exc.OperationalError):
+            bound.transaction(serial)
+    with db.connect() as conn, pytest.raises(DatabaseError, match="reading the table failed"):
+        db.bound_to(conn).transaction(broken, name="reading the table")
+
+
+def test_claim_can_move_the_state_in_the_same_statement(db: Database) -> None:
+    sid, me = uuid.uuid4(), uuid.uuid4()
+    now = utcnow()
+    with db.begin() as conn:
+        saga_log.insert(
+            conn, saga_id=sid, name="x", params_json="{}", sec_id=me, now=now, lease_expires=now
+        )
+        assert saga_log.claim(
+            conn,
+            sid,
+            me,
+            1,
+            states=("running",),
+            lease_expires=now,
+            new_state="done",
+            outcome="succeeded",
+        )
+        # not running any more: the same claim now matches nothing
+        assert not saga_log.claim(conn, sid, me, 1, states=("running",), lease_expires=now)
+        with pytest.raises(ValueError, match="unknown saga state"):
+            saga_log.claim(conn, sid, me, 1, states=("done",), lease_expires=now, new_state="bogus")
+        rec = saga_log.get_required(conn, sid)
+    assert (rec.saga_state, rec.outcome) == ("done", "succeeded")
+
+
+def test_inserting_a_saga_twice_is_a_conflict(db: Database) -> None:
+    sid, me = uuid.uuid4(), uuid.uuid4()
+    now = utcnow()
+    with db.begin() as conn:
+        saga_log.insert(
+            conn, saga_id=sid, name="x", params_json="{}", sec_id=me, now=now, lease_expires=now
+        )
+    with pytest.raises(Conflict, match="already exists"):
+        db.transaction(
+            lambda c: saga_log.insert(
+                c, saga_id=sid, name="y", params_json="{}", sec_id=me, now=now, lease_expires=now
+            )
+        )
+
+
+def test_several_events_in_one_write_are_idempotent_one_by_one(db: Database) -> None:
+    sid, me = uuid.uuid4(), uuid.uuid4()
+    now = utcnow()
+    with db.begin() as conn:
+        saga_log.insert(
+            conn, saga_id=sid, name="x", params_json="{}", sec_id=me, now=now, lease_expires=now
+        )
+        saga_log.append_events(conn, sid, [("a", "started", None, now)], creator=me)
+        # one already there (same data), two new: all fine, in one statement
+        saga_log.append_events(
+            conn,
+            sid,
+            [
+                ("a", "started", None, now),
+                ("a", "succeeded", "1", now),
+                ("b", "started", None, now),
+            ],
+            creator=me,
+        )
+    # (pytest.raises outside: the transaction must see the error and roll back)
+    with pytest.raises(saga_log.EventMismatch, match="different data"), db.begin() as conn:
+        saga_log.append_events(
+            conn, sid, [("b", "succeeded", "2", now), ("a", "succeeded", "9", now)], creator=me
+        )
+    assert sorted(events(db, sid)) == [("a", "started"), ("a", "succeeded"), ("b", "started")]
