@@ -14,10 +14,11 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from udx.domain.address import PantryAddress
-from udx.domain.errors import Conflict, NotFound, UdxError
+from udx.domain.errors import Conflict, UdxError
 from udx.domain.model import Changeset, ExportState, ResourceRef, UserDataExport
 
 if TYPE_CHECKING:
@@ -249,11 +250,7 @@ class Coordinator:
         )
 
         # 3. Request, then create (one batch of sagas, bounded concurrency).
-        creates: list[UserDataExport] = []
-        for ref in cs.request_required:
-            rec = self._request(ref, status)
-            if rec is not None:
-                creates.append(rec)
+        creates = self._request(cs.request_required, status)
         creates += cs.create_required
 
         # 4. Deletes, by state.
@@ -293,39 +290,47 @@ class Coordinator:
                 )
         return status
 
-    def _request(self, ref: ResourceRef, status: PassStatus) -> UserDataExport | None:
+    def _request(self, refs: list[ResourceRef], status: PassStatus) -> list[UserDataExport]:
+        """Step 3's records, set-based: one transaction per REQUEST_CHUNK resources."""
         from udx.datastore import exports
 
-        export_id = uuid.uuid4()
-        try:
-            return self.db.transaction(
-                lambda c: exports.create(c, export_id, ref.resource_type, ref.resource_id),
-                name="create export record",
-            )
-        except Conflict as err:
-            # Another pass created the record first: a lost race, reported as skipped.
-            log.info("not requesting %s %s: %s", ref.resource_type, ref.resource_id, err)
-            with self.db.connect() as conn:
-                winner = exports.by_resource(conn, ref.resource_type, ref.resource_id)
-            status.create_invoked_ok.append(
-                SagaInvocation(
-                    export_id=str(winner.id) if winner else "",
-                    resource_type=ref.resource_type.value,
-                    resource_id=str(ref.resource_id),
-                    saga_id=None,
-                    outcome="skipped",
+        created: list[UserDataExport] = []
+        for start in range(0, len(refs), exports.REQUEST_CHUNK):
+            chunk = [(uuid.uuid4(), ref) for ref in refs[start : start + exports.REQUEST_CHUNK]]
+            try:
+                out = self.db.transaction(
+                    partial(exports.request_many, requests=chunk), name="create export records"
                 )
-            )
-            return None
-        except NotFound as err:
-            # The resource went away since the changeset: the next pass sees it gone.
-            log.info("not requesting %s %s: %s", ref.resource_type, ref.resource_id, err)
-            return None
-        except UdxError as err:
-            status.errors.append(
-                f"creating a record for {ref.resource_type} {ref.resource_id}: {err}"
-            )
-            return None
+            except UdxError as err:
+                status.errors.append(
+                    f"creating records for {len(chunk)} resources (first "
+                    f"{chunk[0][1].resource_type.value} {chunk[0][1].resource_id}): {err}"
+                )
+                continue
+            created += out.created
+            for ref, winner in out.taken:
+                # Another pass created the record first: a lost race, reported as skipped.
+                log.info(
+                    "not requesting %s %s: another pass created record %s first",
+                    ref.resource_type.value,
+                    ref.resource_id,
+                    winner.id,
+                )
+                status.create_invoked_ok.append(
+                    SagaInvocation(
+                        export_id=str(winner.id),
+                        resource_type=ref.resource_type.value,
+                        resource_id=str(ref.resource_id),
+                        saga_id=None,
+                        outcome="skipped",
+                    )
+                )
+            for ref in out.gone:
+                # Deleted since the changeset: the next pass no longer lists it.
+                log.info(
+                    "not requesting %s %s: it is gone", ref.resource_type.value, ref.resource_id
+                )
+        return created
 
     def _bypass(self, rec: UserDataExport, status: PassStatus) -> None:
         from udx.datastore import exports

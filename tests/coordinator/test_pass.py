@@ -217,3 +217,22 @@ def test_empty_inventory_marks_nothing_and_fails_the_pass(db, registered, run_pa
     assert any("no pantry in service" in e for e in status.errors)
     live = _live(db)
     assert len(live) == 3 and not any(r.resource_deleted for r in live)
+
+
+def test_records_are_requested_in_chunks(db, registered, run_pass, monkeypatch):
+    from udx.testing.statements import count_statements
+
+    monkeypatch.setattr(exports, "REQUEST_CHUNK", 3)
+    refs = _seed(db, snapshots=4, images=3)
+    with count_statements(db.engine) as log:
+        status = run_pass()
+    assert status.errors == []
+    assert sorted(i.outcome for i in status.create_invoked_ok) == ["succeeded"] * 7
+    inserts = [
+        s for s in log.statements if s.lstrip().upper().startswith("INSERT INTO USER_DATA_EXPORT")
+    ]
+    assert len(inserts) == 3  # 7 resources, 3 per statement
+    assert sorted((r.resource_type, r.resource_id) for r in _live(db)) == sorted(
+        (r.resource_type, r.resource_id) for r in refs
+    )
+    assert_invariants(db, registered)

@@ -442,3 +442,56 @@ def test_mark_lost_only_live_unmarked(db: Database) -> None:
         assert n == 1
         assert exports.mark_lost(conn, [ids["a"]]) == 0
     assert ids["a"] in _marked(db)
+
+
+# --- set-based requests (the pass's step 3) ---------------------------------------------------
+
+
+def test_request_many_creates_skips_gone_and_reports_taken(db: Database) -> None:
+    from udx.datastore import resources
+    from udx.domain.model import ResourceRef
+
+    with db.begin() as conn:
+        refs = seed.seed_fleet(conn, snapshots=3, project_images=2)
+        taken_ref, gone_ref = refs[1], refs[3]
+        winner = exports.create(conn, uuid.uuid4(), taken_ref.resource_type, taken_ref.resource_id)
+        resources.soft_delete(conn, gone_ref.resource_type, [gone_ref.resource_id])
+    missing = ResourceRef(SNAP, uuid.uuid4())  # never existed
+    requests = [(uuid.uuid4(), ref) for ref in [*refs, missing]]
+    with db.begin() as conn:
+        out = exports.request_many(conn, requests)
+    expected = [(eid, ref) for eid, ref in requests if ref in (refs[0], refs[2], refs[4])]
+    assert [(r.id, ResourceRef(r.resource_type, r.resource_id)) for r in out.created] == expected
+    assert all(r.state is S.REQUESTED and r.generation == 0 for r in out.created)
+    assert out.taken == [(taken_ref, winner)]
+    assert sorted(out.gone, key=str) == sorted([gone_ref, missing], key=str)
+    with db.connect() as conn:
+        for rec in out.created:
+            assert exports.get(conn, rec.id) == rec
+        assert exports.by_resource(conn, taken_ref.resource_type, taken_ref.resource_id) == winner
+        assert exports.by_resource(conn, gone_ref.resource_type, gone_ref.resource_id) is None
+    # Asked again (a second pass with a stale changeset): every one is taken.
+    with db.begin() as conn:
+        again = exports.request_many(conn, [(uuid.uuid4(), r) for r in refs])
+    assert again.created == [] and len(again.taken) == 4
+    assert {w.id for _, w in again.taken} == {winner.id} | {r.id for r in out.created}
+
+
+@pytest.mark.parametrize("n", [10, 300])
+def test_request_many_is_set_based(db: Database, n: int) -> None:
+    from udx.testing.statements import count_statements
+
+    with db.begin() as conn:
+        refs = seed.seed_fleet(conn, snapshots=n // 2, project_images=n - n // 2)
+    with db.begin() as conn, count_statements(db.engine) as log:
+        out = exports.request_many(conn, [(uuid.uuid4(), r) for r in refs])
+    assert len(out.created) == n
+    assert log.count == 3  # the live check per kind, then one insert
+
+
+def test_request_many_refuses_more_than_a_chunk(db: Database) -> None:
+    from udx.domain.model import ResourceRef
+
+    too_many = [(uuid.uuid4(), ResourceRef(SNAP, uuid.uuid4()))] * (exports.REQUEST_CHUNK + 1)
+    with db.begin() as conn, pytest.raises(ValueError, match="at most"):
+        exports.request_many(conn, too_many)

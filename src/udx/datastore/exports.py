@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, exists, not_, or_, select, update
@@ -19,7 +20,7 @@ from udx.datastore.resources import resource_table
 from udx.db.schema import image, snapshot, user_data_export
 from udx.domain.address import PantryAddress
 from udx.domain.errors import Conflict, NotFound
-from udx.domain.model import ExportState, ResourceType, UserDataExport
+from udx.domain.model import ExportState, ResourceRef, ResourceType, UserDataExport
 
 t = user_data_export
 
@@ -193,6 +194,99 @@ def create(
             f"{resource_type.value} {resource_id} already has a non-deleted export record"
         ) from None
     return get_required(conn, export_id)
+
+
+@dataclass
+class RequestOutcome:
+    """What `request_many` did with each resource."""
+
+    created: list[UserDataExport] = field(default_factory=list)
+    # (resource, the non-deleted record another pass created first)
+    taken: list[tuple[ResourceRef, UserDataExport]] = field(default_factory=list)
+    gone: list[ResourceRef] = field(default_factory=list)  # deleted meanwhile
+
+
+# Rows per statement in `request_many`: 6 bind parameters each, well under the
+# 65,535 a PostgreSQL statement may carry.
+REQUEST_CHUNK = 1000
+
+
+def request_many(
+    conn: Connection, requests: Sequence[tuple[uuid.UUID, ResourceRef]]
+) -> RequestOutcome:
+    """Create records in Requested for many resources, set-based: the step-3
+    requests of a pass. Call inside a transaction; at most REQUEST_CHUNK requests.
+
+    At most four statements whatever the count: the live check (one per resource
+    kind), the insert, and a read of the winners when some were taken. A resource
+    that is gone or soft-deleted is skipped (`gone`); one that already has a
+    non-deleted record (another pass got there first) is left alone by ON CONFLICT
+    DO NOTHING on the partial unique index and reported with that record
+    (`taken`). `requests` pairs each resource with the id its new record gets;
+    `created` keeps their order.
+    """
+    if len(requests) > REQUEST_CHUNK:
+        raise ValueError(f"request_many takes at most {REQUEST_CHUNK} requests at once")
+    out = RequestOutcome()
+    if not requests:
+        return out
+    live: set[tuple[ResourceType, uuid.UUID]] = set()
+    for kind in ResourceType:
+        ids = [ref.resource_id for _, ref in requests if ref.resource_type is kind]
+        if ids:
+            res = resource_table(kind)
+            found = conn.execute(
+                select(res.c.id).where(res.c.id.in_(ids), res.c.time_deleted.is_(None))
+            )
+            live.update((kind, r[0]) for r in found)
+    wanted = [(eid, ref) for eid, ref in requests if (ref.resource_type, ref.resource_id) in live]
+    out.gone = [ref for _, ref in requests if (ref.resource_type, ref.resource_id) not in live]
+    if not wanted:
+        return out
+    rows = [
+        {
+            "id": eid,
+            "state": S.REQUESTED.value,
+            "generation": 0,
+            "resource_id": ref.resource_id,
+            "resource_type": ref.resource_type.value,
+            "resource_deleted": False,
+        }
+        for eid, ref in wanted
+    ]
+    stmt = _insert_ignoring_conflicts(conn).values(rows).on_conflict_do_nothing()
+    made = {
+        (r.resource_type, r.resource_id): r
+        for r in rows_to_exports(conn.execute(stmt.returning(*t.c)).all())
+    }
+    keys = [(ref.resource_type, ref.resource_id) for _, ref in wanted]
+    out.created = [made[k] for k in keys if k in made]
+    lost = [ref for _, ref in wanted if (ref.resource_type, ref.resource_id) not in made]
+    if lost:
+        winners = {
+            (r.resource_type, r.resource_id): r
+            for r in rows_to_exports(
+                conn.execute(
+                    select(t).where(
+                        t.c.resource_id.in_([ref.resource_id for ref in lost]),
+                        t.c.state != S.DELETED.value,
+                    )
+                ).all()
+            )
+        }
+        for ref in lost:
+            winner = winners.get((ref.resource_type, ref.resource_id))
+            if winner is not None:
+                out.taken.append((ref, winner))
+    return out
+
+
+def _insert_ignoring_conflicts(conn: Connection) -> Any:
+    # INSERT ... ON CONFLICT DO NOTHING: PostgreSQL's construct serves CockroachDB too.
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    module: Any = sqlite if conn.dialect.name == "sqlite" else postgresql
+    return module.insert(t)
 
 
 # --- transitions -------------------------------------------------------------------------
