@@ -48,7 +48,7 @@ def test_sigkill_mid_pass_then_next_pass_recovers_everything(pg, pg_url, pantrie
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         running, done, _ = _counts(pg)
-        if running >= 24 and done >= 10:
+        if running >= 28 and done >= 10:
             break
         assert proc.poll() is None, f"the pass ended before it could be killed: {finish(proc)}"
         time.sleep(0.05)
@@ -59,7 +59,8 @@ def test_sigkill_mid_pass_then_next_pass_recovers_everything(pg, pg_url, pantrie
     assert killed.code == -signal.SIGKILL
     running_at_kill, done_at_kill, _ = _counts(pg)
     print(f"killed with {running_at_kill} sagas in flight, {done_at_kill} done")
-    assert running_at_kill >= 24
+    # A few may finish between the last look and the kill: still many in flight.
+    assert running_at_kill >= 20
 
     for i in range(3):
         pantries.call(i, "set_latency", 0.0)
