@@ -291,3 +291,33 @@ def test_several_events_in_one_write_are_idempotent_one_by_one(db: Database) -> 
             conn, sid, [("b", "succeeded", "2", now), ("a", "succeeded", "9", now)], creator=me
         )
     assert sorted(events(db, sid)) == [("a", "started"), ("a", "succeeded"), ("b", "started")]
+
+
+def test_a_calling_out_node_after_one_in_its_log_transaction_is_started_with_it(
+    db: Database,
+) -> None:
+    """`b` calls out (not in a log transaction): its `started` is committed with a's
+    transaction, so it takes no log transaction of its own before it runs."""
+    from udx.testing.statements import count_statements
+
+    counter_saga.reset(db)
+    seen: list[list[tuple[str, str]]] = []
+
+    def calls_out(ctx: ActionContext) -> str:
+        seen.append(events(db, ctx.saga_id))  # what is committed when it runs
+        return "called"
+
+    d = SagaDefinition(
+        "mixed", [add_node("a", "a", 1), Node("b", calls_out), add_node("c", "b", 1)]
+    )
+    with SagaExecutor(db, [d]) as ex, count_statements(db.engine) as log:
+        result = ex.run("mixed", {})
+    assert result.outcome == "succeeded"
+    assert seen == [[("a", "started"), ("a", "succeeded"), ("b", "started")]]
+    assert events(db, result.saga_id) == [
+        ("a", "started"), ("a", "succeeded"), ("b", "started"),
+        ("b", "succeeded"), ("c", "started"), ("c", "succeeded"),
+    ]  # fmt: skip
+    # saga row; a: claim, update, events; c: claim, update, events (b's own
+    # `succeeded` goes with c's events) -- and `seen` read the log once
+    assert log.count == 7 + 1, log.statements

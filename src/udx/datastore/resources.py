@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from udx.db.schema import image, snapshot
 from udx.db.types import utcnow
@@ -20,9 +20,14 @@ def resource_table(kind: ResourceType) -> Any:
     return snapshot if kind is ResourceType.SNAPSHOT else image
 
 
+_GET = {
+    kind: select(resource_table(kind)).where(resource_table(kind).c.id == bindparam("b_id"))
+    for kind in ResourceType
+}  # built once: see exports._update
+
+
 def get_resource(conn: Connection, kind: ResourceType, resource_id: uuid.UUID) -> Any | None:
-    tbl = resource_table(kind)
-    return conn.execute(select(tbl).where(tbl.c.id == resource_id)).first()
+    return conn.execute(_GET[kind], {"b_id": resource_id}).first()
 
 
 def soft_delete(conn: Connection, kind: ResourceType, ids: Sequence[uuid.UUID]) -> int:

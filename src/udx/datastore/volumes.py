@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 
 from udx.db.schema import region_snapshot, volume
 from udx.db.types import utcnow
@@ -114,53 +114,56 @@ class VolumeRow:
         return parse_request(self.id, self.data)
 
 
+# Built once (building a Core statement per call cost more CPU than running it).
+_COLUMNS = (volume.c.id, volume.c.data, volume.c.time_deleted, volume.c.resources_to_clean_up)
+_GET = select(*_COLUMNS).where(volume.c.id == bindparam("b_id"))
+_GET_MANY = select(*_COLUMNS).where(volume.c.id.in_(bindparam("b_ids", expanding=True)))
+_INSERT = volume.insert().values(
+    id=bindparam("b_id"),
+    time_created=bindparam("b_now"),
+    time_modified=bindparam("b_now"),
+    time_deleted=None,
+    rcgen=1,
+    data=bindparam("b_data"),
+    resources_to_clean_up=None,
+)
+_TAKE_REFERENCES = (
+    update(rs)
+    .where(rs.c.snapshot_addr.in_(bindparam("b_targets", expanding=True)), rs.c.deleting.is_(False))
+    .values(volume_references=rs.c.volume_references + 1)
+    .returning(rs.c.snapshot_addr)
+)
+
+
 def get(conn: Connection, volume_id: uuid.UUID) -> VolumeRow | None:
-    row = conn.execute(select(volume).where(volume.c.id == volume_id)).first()
-    if row is None:
-        return None
-    m = row._mapping
-    return VolumeRow(m["id"], m["data"], m["time_deleted"], m["resources_to_clean_up"])
+    row = conn.execute(_GET, {"b_id": volume_id}).first()
+    return None if row is None else VolumeRow(*row)
 
 
 def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID) -> dict[str, Any]:
     """Create `new_volume_id` as a copy of `source_id`, adding one reference to
     each read-only target. Call in a transaction. Idempotent by the new id: when
     that row already exists nothing changes and its request is returned."""
-    existing = get(conn, new_volume_id)
+    # Both rows in one read: the copy (if a previous run made it) and the source.
+    rows = {
+        r[0]: VolumeRow(*r)
+        for r in conn.execute(_GET_MANY, {"b_ids": [new_volume_id, source_id]})
+    }
+    existing = rows.get(new_volume_id)
     if existing is not None:
         if existing.time_deleted is not None:
             raise Conflict(f"volume {new_volume_id} was already copied and deleted")
         return existing.request
-    source = get(conn, source_id)
+    source = rows.get(source_id)
     if source is None or source.time_deleted is not None:
         raise NotFound(f"source volume {source_id} does not exist or is deleted")
     copy = copy_request(source.request, new_volume_id)
     targets = read_only_targets(copy)
-    now = utcnow()
-    conn.execute(
-        volume.insert().values(
-            id=new_volume_id,
-            time_created=now,
-            time_modified=now,
-            time_deleted=None,
-            rcgen=1,
-            data=json.dumps(copy),
-            resources_to_clean_up=None,
-        )
-    )
+    conn.execute(_INSERT, {"b_id": new_volume_id, "b_now": utcnow(), "b_data": json.dumps(copy)})
     if targets:
         # One statement both takes the references and refuses targets being
         # deleted (fewer reads also means fewer serialization conflicts).
-        taken = (
-            conn.execute(
-                update(rs)
-                .where(rs.c.snapshot_addr.in_(targets), rs.c.deleting.is_(False))
-                .values(volume_references=rs.c.volume_references + 1)
-                .returning(rs.c.snapshot_addr)
-            )
-            .scalars()
-            .all()
-        )
+        taken = conn.execute(_TAKE_REFERENCES, {"b_targets": targets}).scalars().all()
         if len(set(taken)) < len(targets):
             # Raising rolls back the whole transaction, references included.
             deleting = conn.execute(

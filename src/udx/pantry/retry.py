@@ -56,12 +56,15 @@ class RetryingPantry:
         rng: random.Random | None = None,
         initial_delay: float = INITIAL_DELAY,
         max_delay: float = MAX_DELAY,
+        client: PantryClient | None = None,
     ) -> None:
         self.address = address
         self.inventory = inventory
         self.timeout = timeout
         self.budget_secs = budget_secs
-        self.client = PantryClient(address, timeout=timeout, transport=transport)
+        # A client given here is shared (its owner closes it); one made here is ours.
+        self._owns_client = client is None
+        self.client = client or PantryClient(address, timeout=timeout, transport=transport)
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
@@ -69,7 +72,8 @@ class RetryingPantry:
         self._max_delay = max_delay
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
 
     def __enter__(self) -> RetryingPantry:
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 
 import httpx
 
@@ -26,12 +27,14 @@ def pick_pantry(
     timeout: float,
     rng: random.Random | None = None,
     transport: httpx.BaseTransport | None = None,
+    client_for: Callable[[PantryAddress], PantryClient] | None = None,
 ) -> PantryAddress:
     """A uniformly random in-service pantry among those that answer.
 
     Candidates are shuffled and probed in that order; the first that answers
     wins, which is a uniform pick among the answering ones with fewer calls
-    than probing all. InventoryUnavailable propagates.
+    than probing all. InventoryUnavailable propagates. `client_for` supplies
+    shared clients (not closed here); without it each probe has its own.
     """
     candidates = inventory.in_service()
     if not candidates:
@@ -40,13 +43,20 @@ def pick_pantry(
     (rng or random.Random()).shuffle(order)
     failures: list[str] = []
     for address in order:
-        with PantryClient(address, timeout=timeout, transport=transport) as client:
-            try:
-                client.status()
-            except PantryError as err:
-                log.info("pantry %s does not answer its status call: %s", address, err.message)
-                failures.append(f"{address} ({err.message})")
-                continue
+        client = (
+            client_for(address)
+            if client_for is not None
+            else PantryClient(address, timeout=timeout, transport=transport)
+        )
+        try:
+            client.status()
+        except PantryError as err:
+            log.info("pantry %s does not answer its status call: %s", address, err.message)
+            failures.append(f"{address} ({err.message})")
+            continue
+        finally:
+            if client_for is None:
+                client.close()
         return address
     raise NoPantryAvailable(
         f"none of the {len(order)} in-service pantries answered: " + "; ".join(failures)

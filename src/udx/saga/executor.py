@@ -498,21 +498,33 @@ class SagaExecutor:
             pending: list[Event] = []
             last = run.definition.nodes[-1]
             finished = False  # the saga's end was logged with the last node
-            for node in run.definition.nodes:
+            nodes = run.definition.nodes
+            prestarted: str | None = None  # a node whose `started` went with the one before
+            for index, node in enumerate(nodes):
                 if node.name in run.outputs:
                     continue
                 if run.failed_node == node.name:
                     # Logged as failed but the saga never turned unwinding: finish that step.
                     self._write(run, ("running", "unwinding"), new_state="unwinding")
                     break
-                started: list[Event] = [*pending, (node.name, "started", None)]
+                started: list[Event] = [*pending]
+                if prestarted != node.name:
+                    started.append((node.name, "started", None))
                 pending = []
                 try:
                     if node.in_log_transaction:
-                        data = self._act_in_log_transaction(run, node, started, node is last)
+                        # The next node's `started` rides along when that node calls
+                        # out: one log transaction fewer, and still written before it runs.
+                        nxt = nodes[index + 1] if node is not last else None
+                        then: list[Event] = []
+                        if nxt is not None and not nxt.in_log_transaction:
+                            then = [(nxt.name, "started", None)]
+                            prestarted = nxt.name
+                        data = self._act_in_log_transaction(run, node, started, node is last, then)
                         finished = node is last
                     else:
-                        self._write(run, ("running",), events=started)
+                        if started:
+                            self._write(run, ("running",), events=started)
                         started = []  # committed
                         try:
                             output = node.action(self._context(run, node.name))
@@ -598,12 +610,13 @@ class SagaExecutor:
         run.error_type = info.get("type")
 
     def _act_in_log_transaction(
-        self, run: _Run, node: Node, events: list[Event], finish: bool
+        self, run: _Run, node: Node, events: list[Event], finish: bool, then: list[Event]
     ) -> str:
         """Run a node's action inside the transaction that logs `events` (its
-        `started`, and the previous node's `succeeded`) and its own `succeeded`;
-        with `finish`, the saga's end too. Returns the output as JSON text; raises
-        _ActionFailed (everything rolled back) when the action fails."""
+        `started`, and the previous node's `succeeded`), its own `succeeded` and
+        `then` (the next node's `started`); with `finish`, the saga's end too.
+        Returns the output as JSON text; raises _ActionFailed (everything rolled
+        back) when the action fails."""
         out: list[str] = []
 
         def inside(conn: Connection) -> list[Event]:
@@ -617,7 +630,7 @@ class SagaExecutor:
                 raise _ActionFailed(err) from err
             self._checkpoint(run.saga_id, "action_returned", node.name)
             out.append(data)
-            return [(node.name, "succeeded", data)]
+            return [(node.name, "succeeded", data), *then]
 
         self._write(
             run,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from udx.domain.address import PantryAddress
 
 if TYPE_CHECKING:
+    from udx.pantry.client import PantryClient
     from udx.pantry.inventory import Inventory
     from udx.pantry.retry import RetryingPantry
 
@@ -25,6 +26,9 @@ class ExportSagaDeps:
     _shared: Any = field(default=None, init=False, repr=False, compare=False)
     _shared_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+    _clients: dict[PantryAddress, PantryClient] = field(
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     def _transport(self) -> Any:
@@ -48,6 +52,23 @@ class ExportSagaDeps:
                 weakref.finalize(self, real.close)
             return self._shared
 
+    def client(self, address: PantryAddress) -> PantryClient:
+        """The one client of `address` every saga of these deps shares: building an
+        httpx.Client costs more CPU than a request (measured in bench/pass_throughput.py),
+        and a client is thread-safe. Closed with the shared transport."""
+        with self._shared_lock:
+            client = self._clients.get(address)
+        if client is not None:
+            return client
+        from udx.pantry.client import PantryClient
+
+        made = PantryClient(address, timeout=self.request_timeout_secs, transport=self._transport())
+        with self._shared_lock:
+            client = self._clients.setdefault(address, made)
+        if client is not made:
+            made.close()  # another thread made one first
+        return client
+
     def pantry(self, address: PantryAddress) -> RetryingPantry:
         from udx.pantry.retry import RetryingPantry
 
@@ -56,7 +77,7 @@ class ExportSagaDeps:
             self.inventory,
             timeout=self.request_timeout_secs,
             budget_secs=self.retry_budget_secs,
-            transport=self._transport(),
+            client=self.client(address),
         )
 
     def pick_pantry(self) -> PantryAddress:
@@ -66,7 +87,7 @@ class ExportSagaDeps:
             self.inventory,
             timeout=self.request_timeout_secs,
             rng=self.rng,
-            transport=self._transport(),
+            client_for=self.client,
         )
 
 
