@@ -76,9 +76,10 @@ def test_in_log_transaction_baseline_moves_the_amount(
     start, end, checkpoints = harness_in_log_transaction.baseline()
     assert start == {"counters": {"a": 100, "b": 0}, "applied": 0}
     assert end == {"counters": {"a": 93, "b": 7}, "applied": 2}
-    # created + 4 x (action_returned inside the transaction, succeeded once committed);
-    # the last node's transaction also ends the saga
-    assert checkpoints == 9
+    # created, then one transaction for all four nodes (they are consecutive and all
+    # run in their log transaction): 4 x action_returned inside it, then its commit,
+    # which also ends the saga
+    assert checkpoints == 6
 
 
 def test_in_log_transaction_passes_the_in_process_checks(
@@ -93,17 +94,19 @@ def test_in_log_transaction_passes_the_in_process_checks(
 def test_in_log_transaction_survives_a_crash_at_each_point(
     harness_in_log_transaction: SagaHarness,
 ) -> None:
-    # A crash at action_returned is inside the open transaction: the action's effect
-    # is rolled back with its log entry, and recovery runs it again.
-    assert harness_in_log_transaction.check_crash_at_each_point() == 9
+    # A crash at action_returned is inside the open transaction: the actions' effects
+    # are rolled back with their log entries, and recovery runs them again.
+    assert harness_in_log_transaction.check_crash_at_each_point() == 6
 
 
 def test_in_log_transaction_survives_a_crash_at_each_point_while_unwinding(
     harness_in_log_transaction: SagaHarness,
 ) -> None:
-    # created, 3 x (returned, succeeded), receipt's failure (started + failed in one
-    # write), credit and debit x (undo returned, undo_finished), done
-    assert harness_in_log_transaction.check_crash_at_each_point(fail_at="receipt") == 13
+    # created; the four-node transaction: 3 x returned, then receipt fails and it all
+    # rolls back; one transaction per node: 3 x (returned, succeeded), receipt's
+    # failure (started + failed in one write); credit and debit x (undo returned,
+    # undo_finished); done
+    assert harness_in_log_transaction.check_crash_at_each_point(fail_at="receipt") == 16
 
 
 @pytest.mark.parametrize("in_log_transaction", [False, True], ids=["separate", "in-log-txn"])

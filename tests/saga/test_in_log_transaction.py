@@ -321,3 +321,38 @@ def test_a_calling_out_node_after_one_in_its_log_transaction_is_started_with_it(
     # saga row; a: claim, update, events; c: claim, update, events (b's own
     # `succeeded` goes with c's events) -- and `seen` read the log once
     assert log.count == 7 + 1, log.statements
+
+
+def test_consecutive_nodes_share_one_log_transaction(db: Database) -> None:
+    from udx.testing.statements import count_statements
+
+    counter_saga.reset(db)
+    d = SagaDefinition(
+        "three", [add_node("x", "a", -1), add_node("y", "b", 1), add_node("z", "b", 1)]
+    )
+    with SagaExecutor(db, [d]) as ex, count_statements(db.engine) as log:
+        result = ex.run("three", {})
+    assert result.outcome == "succeeded"
+    assert result.outputs == {"x": {"added": -1}, "y": {"added": 1}, "z": {"added": 1}}
+    assert counters(db) == {"a": 99, "b": 2}
+    # the saga row; then one transaction: the claim (moving it to done), three
+    # updates, all six events in one statement
+    assert log.count == 6, log.statements
+    assert events(db, result.saga_id) == [
+        ("x", "started"), ("x", "succeeded"), ("y", "started"),
+        ("y", "succeeded"), ("z", "started"), ("z", "succeeded"),
+    ]  # fmt: skip
+
+
+def test_a_later_node_of_a_group_sees_the_earlier_outputs(db: Database) -> None:
+    counter_saga.reset(db)
+    d = SagaDefinition(
+        "chain",
+        [
+            Node("first", lambda ctx: {"n": 41}, in_log_transaction=True),
+            Node("second", lambda ctx: ctx.output("first")["n"] + 1, in_log_transaction=True),
+        ],
+    )
+    with SagaExecutor(db, [d]) as ex:
+        result = ex.run("chain", {})
+    assert result.outputs == {"first": {"n": 41}, "second": 42}

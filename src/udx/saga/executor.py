@@ -491,77 +491,104 @@ class SagaExecutor:
                 self._note_failure(run, node.name, failed.decoded())
 
         if state == "running":
-            # A node's `succeeded` event is committed together with the next node's
-            # `started` (or the final state change): one log transaction per node
-            # instead of two. A crash before that commit re-runs the node, which
-            # every action must tolerate anyway (it may crash after its own effect).
-            pending: list[Event] = []
-            last = run.definition.nodes[-1]
-            finished = False  # the saga's end was logged with the last node
-            nodes = run.definition.nodes
-            prestarted: str | None = None  # a node whose `started` went with the one before
-            for index, node in enumerate(nodes):
-                if node.name in run.outputs:
-                    continue
-                if run.failed_node == node.name:
-                    # Logged as failed but the saga never turned unwinding: finish that step.
-                    self._write(run, ("running", "unwinding"), new_state="unwinding")
-                    break
-                started: list[Event] = [*pending]
-                if prestarted != node.name:
-                    started.append((node.name, "started", None))
-                pending = []
-                try:
-                    if node.in_log_transaction:
-                        # The next node's `started` rides along when that node calls
-                        # out: one log transaction fewer, and still written before it runs.
-                        nxt = nodes[index + 1] if node is not last else None
-                        then: list[Event] = []
-                        if nxt is not None and not nxt.in_log_transaction:
-                            then = [(nxt.name, "started", None)]
-                            prestarted = nxt.name
-                        data = self._act_in_log_transaction(run, node, started, node is last, then)
-                        finished = node is last
-                    else:
-                        if started:
-                            self._write(run, ("running",), events=started)
-                        started = []  # committed
-                        try:
-                            output = node.action(self._context(run, node.name))
-                            data = json.dumps(output, sort_keys=True)
-                        except Exception as err:
-                            raise _ActionFailed(err) from err
-                        self._checkpoint(run.saga_id, "action_returned", node.name)
-                except _ActionFailed as failed:
-                    failure = _failure_info(failed.err)
-                    self._note_failure(run, node.name, failure)
-                    log.info("saga %s: %s", run.saga_id, run.error)
-                    # `started` is still to write when the action ran (and rolled
-                    # back) inside its log transaction.
-                    self._write(
-                        run,
-                        ("running", "unwinding"),
-                        events=[
-                            *started,
-                            (node.name, "failed", json.dumps(failure, sort_keys=True)),
-                        ],
-                        new_state="unwinding",
-                    )
-                    break
-                run.outputs[node.name] = json.loads(data)
-                if not node.in_log_transaction:
-                    pending = [(node.name, "succeeded", data)]
-            else:
-                if not finished:
-                    self._write(
-                        run,
-                        ("running", "done"),
-                        events=pending,
-                        new_state="done",
-                        outcome="succeeded",
-                    )
-                return run.result("succeeded")
+            result = self._run_forward(run)
+            if result is not None:
+                return result
         return self._unwind(run, by_node)
+
+    def _run_forward(self, run: _Run) -> SagaResult | None:
+        """Run the nodes not yet done; the result when the saga succeeded, None when
+        it must unwind (the failure is logged and noted in `run`).
+
+        Log transactions per node, fewest first:
+        - a node's `succeeded` is committed with the next node's `started` (or the
+          saga's end);
+        - consecutive nodes that run in their log transaction share one
+          transaction (with all their events); when one of them fails, all of them
+          roll back and run again one transaction each, so the log names exactly
+          the node that failed (they are idempotent, and nothing of theirs stayed);
+        - such a group also logs the `started` of the node after it when that node
+          calls out, still before it runs.
+        A crash before a commit re-runs what that commit would have logged, which
+        every action must tolerate anyway (it may crash after its own effect).
+        """
+        nodes = run.definition.nodes
+        last = nodes[-1]
+        pending: list[Event] = []
+        prestarted: str | None = None  # a node whose `started` went with the group before
+        solo: set[str] = set()  # in-log nodes to run one per transaction (a group failed)
+        finished = False  # the saga's end was logged with the last group
+        i = 0
+        while i < len(nodes):
+            node = nodes[i]
+            if node.name in run.outputs:
+                i += 1
+                continue
+            if run.failed_node == node.name:
+                # Logged as failed but the saga never turned unwinding: finish that step.
+                self._write(run, ("running", "unwinding"), new_state="unwinding")
+                return None
+            started: list[Event] = [*pending]
+            if prestarted != node.name:
+                started.append((node.name, "started", None))
+            group = [node]
+            if node.in_log_transaction and node.name not in solo:
+                for nxt in nodes[i + 1 :]:
+                    if not nxt.in_log_transaction or nxt.name in run.outputs:
+                        break
+                    if nxt.name == run.failed_node:
+                        break
+                    group.append(nxt)
+            try:
+                if node.in_log_transaction:
+                    after = i + len(group)
+                    then: list[Event] = []
+                    if after < len(nodes) and not nodes[after].in_log_transaction:
+                        then = [(nodes[after].name, "started", None)]
+                    datas = self._act_in_log_transaction(
+                        run, group, started, group[-1] is last, then
+                    )
+                    if then:
+                        prestarted = nodes[after].name
+                    for n, data in zip(group, datas, strict=True):
+                        run.outputs[n.name] = json.loads(data)
+                    finished = group[-1] is last
+                    pending = []
+                    i = after
+                    continue
+                if started:
+                    self._write(run, ("running",), events=started)
+                started = []  # committed
+                try:
+                    output = node.action(self._context(run, node.name))
+                    data = json.dumps(output, sort_keys=True)
+                except Exception as err:
+                    raise _ActionFailed(err) from err
+                self._checkpoint(run.saga_id, "action_returned", node.name)
+            except _ActionFailed as failed:
+                if len(group) > 1:
+                    solo.update(n.name for n in group)
+                    continue  # nothing was written: run them again, one by one
+                failure = _failure_info(failed.err)
+                self._note_failure(run, node.name, failure)
+                log.info("saga %s: %s", run.saga_id, run.error)
+                # `started` is still to write when the action ran (and rolled back)
+                # inside its log transaction.
+                self._write(
+                    run,
+                    ("running", "unwinding"),
+                    events=[*started, (node.name, "failed", json.dumps(failure, sort_keys=True))],
+                    new_state="unwinding",
+                )
+                return None
+            run.outputs[node.name] = json.loads(data)
+            pending = [(node.name, "succeeded", data)]
+            i += 1
+        if not finished:
+            self._write(
+                run, ("running", "done"), events=pending, new_state="done", outcome="succeeded"
+            )
+        return run.result("succeeded")
 
     def _unwind(self, run: _Run, by_node: dict[str, dict[str, saga_log.NodeEvent]]) -> SagaResult:
         for node in reversed(run.definition.nodes):
@@ -610,27 +637,36 @@ class SagaExecutor:
         run.error_type = info.get("type")
 
     def _act_in_log_transaction(
-        self, run: _Run, node: Node, events: list[Event], finish: bool, then: list[Event]
-    ) -> str:
-        """Run a node's action inside the transaction that logs `events` (its
-        `started`, and the previous node's `succeeded`), its own `succeeded` and
-        `then` (the next node's `started`); with `finish`, the saga's end too.
-        Returns the output as JSON text; raises _ActionFailed (everything rolled
-        back) when the action fails."""
+        self, run: _Run, group: list[Node], events: list[Event], finish: bool, then: list[Event]
+    ) -> list[str]:
+        """Run the actions of `group` (consecutive nodes) inside one transaction that
+        logs `events` (the first node's `started`, and the previous node's
+        `succeeded`), each node's `started` and `succeeded`, and `then` (the next
+        node's `started`); with `finish`, the saga's end too. Returns the outputs
+        as JSON text; raises _ActionFailed (everything rolled back) when an action
+        fails."""
         out: list[str] = []
 
         def inside(conn: Connection) -> list[Event]:
             out.clear()
-            try:
-                output = node.action(self._context(run, node.name, self.db.bound_to(conn)))
-                data = json.dumps(output, sort_keys=True)
-            except Exception as err:
-                if is_retryable(err):
-                    raise  # the log transaction retries from its start
-                raise _ActionFailed(err) from err
-            self._checkpoint(run.saga_id, "action_returned", node.name)
-            out.append(data)
-            return [(node.name, "succeeded", data), *then]
+            db = self.db.bound_to(conn)
+            outputs = dict(run.outputs)  # later nodes of the group see earlier outputs
+            written: list[Event] = []
+            for n in group:
+                if n is not group[0]:
+                    written.append((n.name, "started", None))
+                try:
+                    output = n.action(self._context(run, n.name, db, outputs))
+                    data = json.dumps(output, sort_keys=True)
+                except Exception as err:
+                    if is_retryable(err):
+                        raise  # the log transaction retries from its start
+                    raise _ActionFailed(err) from err
+                self._checkpoint(run.saga_id, "action_returned", n.name)
+                outputs[n.name] = json.loads(data)
+                out.append(data)
+                written.append((n.name, "succeeded", data))
+            return [*written, *then]
 
         self._write(
             run,
@@ -640,7 +676,7 @@ class SagaExecutor:
             new_state="done" if finish else None,
             outcome="succeeded" if finish else None,
         )
-        return out[0]
+        return list(out)
 
     def _undo_in_log_transaction(self, run: _Run, node: Node, events: list[Event]) -> None:
         assert node.undo is not None
@@ -658,14 +694,20 @@ class SagaExecutor:
 
         self._write(run, ("unwinding",), events=events, inside=inside)
 
-    def _context(self, run: _Run, node: str, db: Database | None = None) -> ActionContext:
+    def _context(
+        self,
+        run: _Run,
+        node: str,
+        db: Database | None = None,
+        outputs: dict[str, Any] | None = None,
+    ) -> ActionContext:
         return ActionContext(
             saga_id=run.saga_id,
             params=json.loads(run.params_json),
             node=node,
             db=db or self.db,
             deps=self.deps,
-            _outputs=types.MappingProxyType(dict(run.outputs)),
+            _outputs=types.MappingProxyType(dict(run.outputs if outputs is None else outputs)),
         )
 
     def _write(
