@@ -12,7 +12,8 @@ N images and N export records in mixed states. For each N:
   engine and rendered with their parameters by psycopg's mogrify, in one
   SERIALIZABLE transaction as udx runs them), output to /dev/null, once in the
   default aligned format and once unaligned (-A -t);
-- the statement count of `changeset.preview` (udx.testing.statements), which
+- the statement count of `changeset.preview` and of `changeset.preview_json`
+  (what `udx changeset --json` runs when piped; udx.testing.statements), which
   must be the same for every N;
 - for the 100k size (or the largest in --quick): peak RSS of the udx process
   (/usr/bin/time -v).
@@ -99,9 +100,9 @@ def seed(cluster: Any, dbname: str, n: int) -> tuple[str, float]:
     return url, time.perf_counter() - t0
 
 
-def capture_preview(url: str) -> tuple[int, list[str], dict[str, int]]:
-    """Run changeset.preview in-process: statement count, the SQL with parameters
-    rendered (for psql), and the list sizes."""
+def capture_preview(url: str) -> tuple[int, int, list[str], dict[str, int]]:
+    """Run changeset.preview in-process: its statement count, preview_json's, the
+    SQL of preview with parameters rendered (for psql), and the list sizes."""
     import psycopg
     from sqlalchemy import event
 
@@ -123,6 +124,9 @@ def capture_preview(url: str) -> tuple[int, list[str], dict[str, int]]:
             result = cs.preview(conn)
     finally:
         event.remove(db.engine, "before_cursor_execute", grab)
+    with count_statements(db.engine) as json_log, db.connect() as conn:
+        cs.preview_json(conn)
+    json_count = json_log.count
     sizes = {
         "request_required": len(result.request_required),
         "create_required": len(result.create_required),
@@ -136,7 +140,7 @@ def capture_preview(url: str) -> tuple[int, list[str], dict[str, int]]:
         sql = [cur.mogrify(s, p or None) for s, p in captured]
     finally:
         raw.close()
-    return log.count, sql, sizes
+    return log.count, json_count, sql, sizes
 
 
 def psql_cmd(url: str, sql_file: Path, *, unaligned: bool) -> list[str]:
@@ -187,7 +191,7 @@ def main() -> None:
         for n in sizes:
             dbname = f"bench_{n}"
             url, seed_s = seed(cluster, dbname, n)
-            count, sql, lists = capture_preview(url)
+            count, json_count, sql, lists = capture_preview(url)
             sql_file = workdir / f"changeset_{n}.sql"
             sql_file.write_text(
                 "BEGIN ISOLATION LEVEL SERIALIZABLE;\n"
@@ -212,6 +216,7 @@ def main() -> None:
                 "n_per_table": n,
                 "seed_s": seed_s,
                 "statements": count,
+                "statements_json": json_count,
                 "rows": lists,
                 "udx": su,
                 "psql_aligned": sp,
@@ -225,7 +230,7 @@ def main() -> None:
             rows.append(
                 [
                     n,
-                    count,
+                    f"{count}/{json_count}",
                     sum(lists.values()),
                     su["best_s"],
                     su["median_s"],
@@ -244,7 +249,7 @@ def main() -> None:
         f"udx changeset --json vs psql -f (same 4 SELECTs), best of {runs}",
         [
             "N/table",
-            "stmts",
+            "stmts (json)",
             "rows out",
             "udx best s",
             "udx median s",
@@ -270,7 +275,7 @@ def main() -> None:
         print_table(
             "growth vs the smallest N", ["N/table", "N x", "udx time x", "psql time x"], growth
         )
-    counts = {r["statements"] for r in results}
+    counts = {(r["statements"], r["statements_json"]) for r in results}
     print(f"\nstatement count constant in N: {len(counts) == 1} ({sorted(counts)})")
     worst = max(r["ratio_best_vs_psql_aligned"] for r in results)
     print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -9,9 +10,19 @@ import pytest
 from udx import seed
 from udx.datastore import changeset, exports, resources
 from udx.db.engine import Database
+from udx.db.schema import user_data_export
 from udx.domain.model import Changeset, ExportState, ResourceRef, ResourceType
+from udx.testing.statements import count_statements
 
-from .helpers import PANTRY_A, insert_record, to_assigning, to_live
+from .helpers import (
+    PANTRY_A,
+    PANTRY_B,
+    PANTRY_C,
+    insert_record,
+    record_row,
+    to_assigning,
+    to_live,
+)
 
 SNAP = ResourceType.SNAPSHOT
 IMAGE = ResourceType.IMAGE
@@ -179,3 +190,144 @@ def test_mixed_changeset_json_shapes(db: Database) -> None:
     assert live["pantry_address"] == "10.0.0.1:17000"
     assert live["state"] == "live" and live["resource_type"] == "snapshot"
     assert data["create_required"][0]["pantry_address"] is None
+
+
+# --- preview_json: the JSON text rendered by PostgreSQL -----------------------------------
+
+# pantry_ip is free text: quotes, backslashes, control characters, DEL, non-ASCII and
+# a character outside the BMP must come out as json.dumps escapes them.
+ODD_IPS = [
+    'a"b\\c/d',
+    "tab\there\nnl\r\x08\x0c\x01\x1f",
+    "del\x7f",
+    "caf\u00e9 \u2028 \u20ac",
+    "astral \U0001f600",
+    "",
+]
+
+
+def seed_every_state(db: Database, n: int = 1) -> None:
+    """`n` of each situation the changeset distinguishes, and then some."""
+    with db.begin() as conn:
+        for _ in range(n):
+            # No record yet: request_required, both kinds.
+            seed.add_snapshot(conn)
+            seed.add_image(conn)
+            seed.add_image(conn, silo=True)
+            # Soft-deleted with no record: nothing.
+            seed.add_snapshot(conn, deleted=True)
+            # Requested (create_required), on each kind.
+            exports.create(conn, uuid.uuid4(), SNAP, seed.add_snapshot(conn))
+            exports.create(conn, uuid.uuid4(), IMAGE, seed.add_image(conn, silo=True))
+            # Held by a create saga; live on IPv4 and on IPv6 pantries.
+            to_assigning(conn, IMAGE, seed.add_image(conn))
+            to_live(conn, SNAP, seed.add_snapshot(conn), pantry=PANTRY_A, gen=2)
+            to_live(conn, IMAGE, seed.add_image(conn), pantry=PANTRY_B, gen=2**40)
+            # Resource soft-deleted, record live and requested, unmarked: would_mark.
+            doomed = seed.add_snapshot(conn)
+            to_live(conn, SNAP, doomed, pantry=PANTRY_B)
+            doomed_req = seed.add_image(conn)
+            exports.create(conn, uuid.uuid4(), IMAGE, doomed_req)
+            resources.soft_delete(conn, SNAP, [doomed])
+            resources.soft_delete(conn, IMAGE, [doomed_req])
+            # Resource row gone altogether (hard-deleted), record live on PANTRY_C.
+            insert_record(conn, uuid.uuid4(), state="live", generation=1, pantry=PANTRY_C,
+                          volume_id=uuid.uuid4())
+            insert_record(conn, uuid.uuid4(), resource_type=IMAGE, state="requested")
+            # Already marked: a delete saga holds it, or it waits (live, IPv6).
+            gone = seed.add_image(conn, deleted=True)
+            insert_record(conn, gone, resource_type=IMAGE, state="deleting",
+                          saga=uuid.uuid4(), generation=3, resource_deleted=True,
+                          pantry=PANTRY_B, volume_id=uuid.uuid4())
+            insert_record(conn, uuid.uuid4(), state="live", generation=1,
+                          resource_deleted=True, pantry=PANTRY_B, volume_id=uuid.UUID(int=0))
+            # Marked although the resource is still there (an expunged pantry).
+            insert_record(conn, seed.add_snapshot(conn), state="live", generation=1,
+                          resource_deleted=True, pantry=PANTRY_C, volume_id=uuid.uuid4())
+            # Deleted records never appear; the live resource then needs a new one.
+            insert_record(conn, seed.add_snapshot(conn), state="deleted", generation=4,
+                          resource_deleted=True, pantry=PANTRY_A)
+            insert_record(conn, uuid.uuid4(), state="deleted", generation=4)
+            # Half an address (ip without port, port without ip): pantry_address null.
+            half = record_row(uuid.uuid4(), state="live", generation=1, resource_deleted=True)
+            conn.execute(user_data_export.insert().values({**half, "pantry_ip": "10.9.9.9"}))
+            half = record_row(uuid.uuid4(), state="live", generation=1, resource_deleted=True)
+            conn.execute(user_data_export.insert().values({**half, "pantry_port": 0}))
+            # Odd text in pantry_ip, in delete_required and in create_required.
+            for ip in ODD_IPS:
+                row = record_row(uuid.uuid4(), resource_type=IMAGE, state="live",
+                                 generation=1, resource_deleted=True)
+                conn.execute(
+                    user_data_export.insert().values({**row, "pantry_ip": ip, "pantry_port": 1})
+                )
+                row = record_row(seed.add_snapshot(conn))
+                conn.execute(user_data_export.insert().values(
+                    {**row, "pantry_ip": ip + ":x", "pantry_port": 65535}
+                ))
+
+
+def python_json(db: Database) -> str:
+    with db.connect() as conn:
+        return json.dumps(changeset.preview(conn).to_json(include_would_mark=True))
+
+
+def test_preview_json_is_byte_identical_to_the_python_path(db: Database) -> None:
+    seed_every_state(db, 2)
+    with db.connect() as conn:
+        text = changeset.preview_json(conn)
+    expected = python_json(db)
+    assert text == expected
+    data = json.loads(text)
+    assert all(data[k] for k in data), {k: len(v) for k, v in data.items()}
+    ips = {r["pantry_ip"] for r in data["delete_required"]}
+    assert set(ODD_IPS) <= ips and PANTRY_B.ip_text in ips
+    assert "[fd00:1122:3344:101::1]:17000" in {
+        r["pantry_address"] for r in data["delete_required"]
+    }
+
+
+def test_preview_json_of_an_empty_database(db: Database) -> None:
+    with db.connect() as conn:
+        text = changeset.preview_json(conn)
+    assert text == python_json(db) == (
+        '{"request_required": [], "create_required": [], "delete_required": [], '
+        '"would_mark_for_deletion": []}'
+    )
+
+
+@pytest.mark.parametrize("only", ["request", "create", "delete"])
+def test_preview_json_with_one_section_filled(db: Database, only: str) -> None:
+    """Empty sections next to filled ones, and request_required of one kind only."""
+    with db.begin() as conn:
+        if only == "request":
+            seed.add_image(conn)
+        elif only == "create":
+            exports.create(conn, uuid.uuid4(), SNAP, seed.add_snapshot(conn))
+        else:
+            insert_record(conn, uuid.uuid4(), state="live", generation=1, pantry=PANTRY_B)
+    with db.connect() as conn:
+        text = changeset.preview_json(conn)
+    assert text == python_json(db)
+
+
+def test_preview_json_statement_count_does_not_grow(db: Database) -> None:
+    counts = []
+    for n in (1, 30):
+        seed_every_state(db, n)
+        with count_statements(db.engine) as log, db.connect() as conn:
+            text = changeset.preview_json(conn)
+        counts.append(log.count)
+        assert text == python_json(db)
+    assert counts == [4, 4]
+
+
+@pytest.mark.parametrize("ip", ODD_IPS, ids=range(len(ODD_IPS)))
+def test_preview_json_escapes_each_odd_pantry_ip(db: Database, ip: str) -> None:
+    """One at a time: DEL alone in otherwise ASCII text must still be escaped."""
+    with db.begin() as conn:
+        row = record_row(uuid.uuid4(), state="live", generation=1, resource_deleted=True)
+        conn.execute(user_data_export.insert().values({**row, "pantry_ip": ip, "pantry_port": 7}))
+    with db.connect() as conn:
+        text = changeset.preview_json(conn)
+    assert text == python_json(db)
+    assert text.isascii() and "\x7f" not in text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from udx.cli.common import print_json, print_table, state, table
+from udx.cli.common import is_terminal, print_json, print_table, state, table
 
 
 def register(app: typer.Typer) -> None:
@@ -14,15 +16,24 @@ def register(app: typer.Typer) -> None:
 def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the changeset (read-only: records whose resource is gone are shown as
     they would be marked, nothing is written)."""
-    from udx.cli.render import export_rows
     from udx.datastore import changeset as cs
 
     db = state().database()
+    if as_json and not is_terminal():
+        # Compact JSON, as print_json writes it when piped, rendered by the database
+        # on PostgreSQL (`preview_json`): no row objects on the way.
+        with db.connect() as conn:
+            text = cs.preview_json(conn)
+        sys.stdout.write(text)
+        sys.stdout.write("\n")
+        return
     with db.connect() as conn:
         result = cs.preview(conn)
     if as_json:
         print_json(result.to_json(include_would_mark=True))
         return
+    from udx.cli.render import export_rows
+
     t = table("resource type", "resource id", title="request required")
     for ref in result.request_required:
         t.add_row(ref.resource_type.value, str(ref.resource_id))

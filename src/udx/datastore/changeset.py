@@ -10,24 +10,33 @@ joins; the equivalent OR of correlated NOT EXISTS forced hashed subplans that
 PostgreSQL costed so high it JIT-compiled them (a third of the query time).
 Rows are fetched in one go (`.all()`) and turned into records with positional
 access: per-row fetching and mapping lookups cost more than the queries.
+
+`preview_json` is the read-only form as JSON text (`udx changeset --json`): on
+PostgreSQL the same four statements select the rows already rendered as JSON.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    Text,
     and_,
     exists,
+    func,
     literal,
+    literal_column,
     not_,
     select,
     union_all,
 )
 from sqlalchemy import update as sql_update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from udx.datastore.exports import resource_gone, rows_to_exports
 from udx.db.schema import image, snapshot, user_data_export
@@ -119,4 +128,118 @@ def preview(conn: Connection) -> Changeset:
         create_required=create_required,
         delete_required=delete_required,
         would_mark=would_mark,
+    )
+
+
+# --- `udx changeset --json`, rendered by PostgreSQL -----------------------------------
+#
+# The read-only form's JSON text, built by the database: the same four statements as
+# `preview` (same FROM and WHERE; same order), selecting each record as one JSON
+# object in text instead of its columns. Python joins the pieces and never parses
+# them: at 100k rows per table, building row objects (UUIDs above all), records,
+# their dicts and encoding those cost about twice the queries.
+#
+# The text is what `json.dumps(preview(conn).to_json(include_would_mark=True))`
+# writes with its defaults (", " and ": " separators, ensure_ascii): keys in
+# `to_json`'s order, UUIDs as PostgreSQL's lower-case text (str(UUID)'s form),
+# `pantry_address` as `format_address` writes it, null when the ip or the port is.
+# Free text (`pantry_ip`) goes through to_json(), whose escapes of '"', '\\' and
+# control characters are json's; json's ensure_ascii escapes of DEL and non-ASCII
+# are applied afterwards in Python (`_ascii_only`). `state` and `resource_type` are
+# written as they are: check constraints hold them to a few lower-case words.
+# tests/datastore/test_changeset.py compares the two paths byte for byte.
+
+_E = "user_data_export."  # preview's FROM: the table itself, not an alias
+_ADDRESS = (
+    f"CASE WHEN strpos({_E}pantry_ip, ':') > 0 THEN '[' || {_E}pantry_ip || ']:' "
+    f"ELSE {_E}pantry_ip || ':' END || {_E}pantry_port::text"
+)
+# One record, as UserDataExport.to_json's dict is dumped; each literal carries the
+# punctuation around the value that follows it.
+_RECORD_JSON = literal_column(
+    f"""'{{"id": "' || {_E}id::text"""
+    f""" || '", "state": "' || {_E}state"""
+    f""" || '", "operating_saga_id": '"""
+    f""" || coalesce('"' || {_E}operating_saga_id::text || '"', 'null')"""
+    f""" || ', "generation": ' || {_E}generation::text"""
+    f""" || ', "resource_id": "' || {_E}resource_id::text"""
+    f""" || '", "resource_type": "' || {_E}resource_type"""
+    f""" || CASE WHEN {_E}resource_deleted"""
+    f""" THEN '", "resource_deleted": true' ELSE '", "resource_deleted": false' END"""
+    f""" || ', "pantry_ip": ' || coalesce(to_json({_E}pantry_ip)::text, 'null')"""
+    f""" || ', "pantry_port": ' || coalesce({_E}pantry_port::text, 'null')"""
+    f""" || ', "volume_id": ' || coalesce('"' || {_E}volume_id::text || '"', 'null')"""
+    f""" || ', "pantry_address": ' || coalesce(to_json({_ADDRESS})::text, 'null')"""
+    f""" || '}}'""",
+    Text,
+)
+
+
+def _joined_json(conn: Connection, *where: ColumnElement[bool]) -> str:
+    q = select(_RECORD_JSON).select_from(_with_resource).where(*where).order_by(t.c.id)
+    return "[" + ", ".join(conn.execute(q).scalars().all()) + "]"
+
+
+def _request_required_json(conn: Connection) -> str:
+    """One statement, one row per resource kind: the database sorts that kind's ids
+    (16 bytes each, not their JSON) and joins them into the items' text. The order is
+    `request_required`'s: by resource_type, then by resource_id.
+
+    A kind's items are one text value, so PostgreSQL's 1 GB limit on a value caps
+    them at about 12 million (the query then fails: "out of memory").
+    """
+    branches = []
+    for kind in ResourceType:
+        missing = _missing_records(kind).subquery()
+        ids = func.array_to_string(
+            func.array_agg(aggregate_order_by(missing.c.resource_id, missing.c.resource_id)),
+            '"}, ' + _head(kind.value),
+        )
+        branches.append(select(literal(kind.value).label("resource_type"), ids.label("ids")))
+    # Ordered here rather than by an ORDER BY, which would sort (and spill to disk)
+    # two rows of megabytes: "image" < "snapshot" in every collation.
+    rows = sorted(conn.execute(union_all(*branches)).all(), key=lambda r: str(r[0]))
+    return "[" + ", ".join(_head(kind) + ids + '"}' for kind, ids in rows if ids is not None) + "]"
+
+
+def _head(kind: str) -> str:
+    """'{"resource_type": "<kind>", "resource_id": "': a request_required item up to
+    its id."""
+    return json.dumps({"resource_type": kind, "resource_id": ""})[:-2]
+
+
+def _ascii_escape(m: re.Match[str]) -> str:
+    n = ord(m.group())
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    n -= 0x10000
+    return f"\\u{0xD800 | (n >> 10):04x}\\u{0xDC00 | (n & 0x3FF):04x}"
+
+
+_NOT_JSON_ASCII = re.compile("[\x7f-\U0010ffff]")
+
+
+def _ascii_only(text: str) -> str:
+    """json's ensure_ascii on JSON text: outside strings it is ASCII already, so every
+    DEL or non-ASCII character is inside a string and becomes a \\u escape."""
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _NOT_JSON_ASCII.sub(_ascii_escape, text)
+
+
+def preview_json(conn: Connection) -> str:
+    """`json.dumps(preview(conn).to_json(include_would_mark=True))`, as text.
+
+    On PostgreSQL the database renders it, in the same four statements as
+    `preview`; other engines go through `preview`.
+    """
+    if conn.dialect.name != "postgresql":
+        return json.dumps(preview(conn).to_json(include_would_mark=True))
+    would_mark = _joined_json(conn, _UNMARKED, _NOT_DELETED, _GONE)
+    delete_required = _joined_json(conn, _NOT_DELETED, _MARKED | _GONE)
+    create_required = _joined_json(conn, _REQUESTED, _UNMARKED, _PRESENT)
+    request = _request_required_json(conn)
+    return _ascii_only(
+        f'{{"request_required": {request}, "create_required": {create_required}, '
+        f'"delete_required": {delete_required}, "would_mark_for_deletion": {would_mark}}}'
     )

@@ -1,0 +1,103 @@
+"""`udx changeset --json` prints exactly what the Python path printed, on both engines.
+
+When stdout is not a terminal the PostgreSQL path has the database render the JSON
+(`changeset.preview_json`); these tests hold it to the bytes `print_json` writes for
+`preview(...).to_json(include_would_mark=True)`, and to a statement count that does
+not grow with the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+
+from udx.cli.common import print_json
+from udx.datastore import changeset
+from udx.db.engine import Database, open_database
+from udx.testing.statements import StatementLog
+
+from ..datastore.test_changeset import seed_every_state
+from .helpers import Udx
+
+
+def printed_by_print_json(
+    db: Database, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tty: str
+) -> bytes:
+    """What `print_json` writes for the Python path's changeset (the reference)."""
+    with db.connect() as conn:
+        data = changeset.preview(conn).to_json(include_would_mark=True)
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setenv("TTY_COMPATIBLE", tty)
+        print_json(data)
+    return capsys.readouterr().out.encode()
+
+
+@contextmanager
+def every_engine_statement() -> Iterator[StatementLog]:
+    """Statements of every engine (the CLI opens its own)."""
+    log = StatementLog()
+
+    def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        log.statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", _before)
+    try:
+        yield log
+    finally:
+        event.remove(Engine, "before_cursor_execute", _before)
+
+
+@pytest.mark.parametrize("tty", ["0", "1"], ids=["piped", "terminal"])
+def test_changeset_json_bytes_equal_the_python_path(
+    udx: Udx,
+    db_url: str,
+    tty: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    db = open_database(db_url)
+    try:
+        seed_every_state(db, 2)
+        expected = printed_by_print_json(db, capsys, monkeypatch, tty)
+    finally:
+        db.dispose()
+    if tty == "0" and db.dialect == "postgresql":
+        # Piped on PostgreSQL, no row object is built: the database wrote the text.
+        def no_rows(*args: Any) -> Any:
+            raise AssertionError("the Python path ran")
+
+        monkeypatch.setattr(changeset, "preview", no_rows)
+        monkeypatch.setattr(changeset, "rows_to_exports", no_rows)
+    r = udx.ok("changeset", "--json", env={"TTY_COMPATIBLE": tty})
+    assert r.stdout_bytes == expected
+    assert r.stdout_bytes.endswith(b"}\n") and r.stdout_bytes.isascii()
+    assert (b"\n  " in r.stdout_bytes) is (tty == "1")
+
+
+def test_changeset_json_statement_count_does_not_grow(
+    udx: Udx,
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    db = open_database(db_url)
+    counts = []
+    try:
+        for n in (1, 30):
+            seed_every_state(db, n)
+            expected = printed_by_print_json(db, capsys, monkeypatch, "0")
+            with every_engine_statement() as log:
+                r = udx.ok("changeset", "--json", env={"TTY_COMPATIBLE": "0"})
+            assert r.stdout_bytes == expected
+            queries = [s for s in log.statements if "user_data_export" in s]
+            counts.append((log.count, len(queries)))
+    finally:
+        db.dispose()
+    print(f"\n{db.dialect}: statements (all, changeset) at N=1 and N=30: {counts}")
+    assert counts[0] == counts[1]
+    assert counts[0][1] == 4
