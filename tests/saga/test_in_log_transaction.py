@@ -356,3 +356,154 @@ def test_a_later_node_of_a_group_sees_the_earlier_outputs(db: Database) -> None:
     with SagaExecutor(db, [d]) as ex:
         result = ex.run("chain", {})
     assert result.outputs == {"first": {"n": 41}, "second": 42}
+
+
+# --- review fixes: lost acknowledgements, slow writes, isolation, real 40001 -----------------
+
+
+def _lose_ack_of_log_write(monkeypatch: pytest.MonkeyPatch, db: Database, nth: int) -> list[int]:
+    """The nth saga log write commits, then its caller sees the connection drop (the
+    COMMIT's acknowledgement was lost)."""
+    real = db.transaction
+    calls: list[int] = []
+
+    def flaky(fn: Any, *, name: str = "transaction", isolation: str | None = None) -> Any:
+        is_log_write = name == "saga log write"
+        if is_log_write:
+            calls.append(1)
+        result = real(fn, name=name, isolation=isolation)
+        if is_log_write and len(calls) == nth:
+            raise exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        return result
+
+    monkeypatch.setattr(db, "transaction", flaky)
+    return calls
+
+
+def test_a_lost_commit_acknowledgement_does_not_run_the_group_again(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter_saga.reset(db)
+    _lose_ack_of_log_write(monkeypatch, db, 1)  # the four-node group's write
+    d = counter_saga.transfer_saga_in_log_transaction()
+    with SagaExecutor(db, [d], deps=counter_saga.CounterDeps()) as ex:
+        result = ex.run("test-transfer", counter_saga.params())
+    # Before the fix the retry re-ran the actions: a fresh transfer id disagreed with
+    # the logged one and the saga came back "interrupted".
+    assert result.outcome == "succeeded", result.error
+    assert counter_saga.world(db) == {"counters": {"a": 93, "b": 7}, "applied": 2}
+    with db.connect() as conn:
+        logged = {e.node_id: e.decoded() for e in saga_log.events(conn, result.saga_id)}
+    assert result.outputs["transfer_id"] == logged["transfer_id"]
+
+
+def test_a_lost_commit_acknowledgement_does_not_run_an_undo_again(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from udx.saga.harness import transform
+
+    counter_saga.reset(db)
+    # writes: the group (rolled back), transfer_id, debit, credit, receipt (rolled
+    # back), receipt's failure, credit's undo, then debit's undo: its acknowledgement
+    # is lost. That undo is not idempotent here: running it again would refund twice.
+    _lose_ack_of_log_write(monkeypatch, db, 8)
+    d = transform(counter_saga.non_idempotent_undo_saga(True), fail_at="receipt")
+    with SagaExecutor(db, [d], deps=counter_saga.CounterDeps()) as ex:
+        result = ex.run("test-transfer", counter_saga.params())
+    assert result.outcome == "unwound", result.error
+    assert counter_saga.world(db) == {"counters": {"a": 100, "b": 0}, "applied": 0}
+
+
+def test_a_slow_log_write_is_followed_by_a_fresh_claim(db: Database) -> None:
+    """A write that waited longer than a third of the lease may have committed an
+    expired lease: the executor claims again before the node that calls out."""
+    import time as _time
+
+    from udx.testing.statements import count_statements
+
+    ran: list[str] = []
+
+    def slow(ctx: ActionContext) -> None:
+        _time.sleep(0.15)  # lease 0.3 s: more than a third of it
+
+    d = SagaDefinition(
+        "slow-write",
+        [
+            Node("slow", slow, in_log_transaction=True),
+            Node("callout", lambda ctx: ran.append("callout")),
+        ],
+    )
+    with SagaExecutor(db, [d], lease_secs=0.3) as ex, count_statements(db.engine) as log:
+        result = ex.run("slow-write", {})
+    assert result.outcome == "succeeded" and ran == ["callout"]
+    # (the lease keeper's renewals do not check adopt_generation: not counted)
+    claims = [
+        s for s in log.statements if s.startswith("UPDATE saga SET") and "adopt_generation" in s
+    ]
+    assert len(claims) == 3  # the group's write, the fresh claim, the final write
+
+
+def test_the_fresh_claim_stops_a_saga_adopted_meanwhile(db: Database) -> None:
+    from sqlalchemy import update
+
+    from udx.db.schema import saga
+
+    ran: list[str] = []
+    d = SagaDefinition("adopted", [Node("callout", lambda ctx: ran.append("x"))])
+    with SagaExecutor(db, [d], lease_secs=30) as ex:
+        sid = uuid.uuid4()
+        now = utcnow()
+        with db.begin() as conn:
+            saga_log.insert(
+                conn, saga_id=sid, name="adopted", params_json="{}", sec_id=ex.sec_id,
+                now=now, lease_expires=now,
+            )  # fmt: skip
+            # another process adopted it after this one's last write
+            conn.execute(update(saga).where(saga.c.id == sid).values(adopt_generation=2))
+        from udx.saga import executor as executor_module
+
+        run = executor_module._Run(sid, d, "{}", 1)
+        with pytest.raises(executor_module._Stop, match="adopted by process"):
+            ex._reclaim(run, ("running",))
+    assert ran == []
+
+
+def test_database_only_nodes_run_at_read_committed_on_postgresql(db: Database) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("isolation levels are a PostgreSQL matter here")
+
+    def level(ctx: ActionContext) -> str:
+        with ctx.db.connect() as conn:
+            return str(conn.execute(text("SHOW transaction_isolation")).scalar_one())
+
+    d = SagaDefinition("iso", [Node("level", level, in_log_transaction=True)])
+    with SagaExecutor(db, [d]) as ex:
+        result = ex.run("iso", {})
+    assert result.outputs["level"] == "read committed"
+    # ... while an ordinary transaction keeps the engine's level
+    assert db.transaction(lambda c: c.execute(text("SHOW transaction_isolation")).scalar_one()) == (
+        "serializable"
+    )
+
+
+def test_a_real_serialization_failure_from_the_database_reruns_the_group(db: Database) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("SQLSTATE 40001 is raised by PostgreSQL")
+    counter_saga.reset(db)
+    attempts: list[int] = []
+
+    def once_40001(ctx: ActionContext) -> int:
+        attempts.append(1)
+        with ctx.db.connect() as conn:
+            conn.execute(text("UPDATE counter SET value = value + 1 WHERE name = 'b'"))
+            if len(attempts) == 1:
+                conn.execute(
+                    text("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+                )
+        return len(attempts)
+
+    d = SagaDefinition("real40001", [Node("only", once_40001, in_log_transaction=True)])
+    with SagaExecutor(db, [d]) as ex:
+        result = ex.run("real40001", {})
+    assert result.outcome == "succeeded" and result.outputs["only"] == 2
+    assert counters(db)["b"] == 1

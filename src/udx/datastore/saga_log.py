@@ -233,8 +233,11 @@ def insert(
     }
     try:
         conn.execute(_INSERT_SAGA, params)
-    except IntegrityError:  # the transaction is done for; the caller rolls it back
-        raise Conflict(f"saga {saga_id} already exists") from None
+    except IntegrityError as err:  # the transaction is done for; the caller rolls it back
+        orig = err.orig
+        if getattr(orig, "sqlstate", None) == "23505" or "UNIQUE constraint" in str(orig):
+            raise Conflict(f"saga {saga_id} already exists") from None
+        raise
 
 
 # Built once: SQLAlchemy caches a statement's compiled form, but building the
@@ -313,7 +316,8 @@ def renew(
 # dialect-specific `insert().on_conflict_do_nothing()` constructs are not cacheable
 # (inherit_cache = False in sqlalchemy.dialects.postgresql), and compiling one anew
 # for every event was the largest CPU cost of a pass (bench/pass_throughput.py).
-# One statement per log write, however many events it holds (1 to 3). ON CONFLICT
+# One statement per log write, however many events it holds (up to ~12, a group
+# of nodes in one transaction). ON CONFLICT
 # DO NOTHING ... RETURNING is valid on PostgreSQL, CockroachDB and SQLite >= 3.35;
 # the typed bind parameters keep the GUID/UTCDateTime conversions.
 _EVENT_INSERTS: dict[int, Any] = {}

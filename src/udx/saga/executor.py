@@ -647,8 +647,26 @@ class SagaExecutor:
         fails."""
         out: list[str] = []
 
-        def inside(conn: Connection) -> list[Event]:
+        def inside(conn: Connection, maybe_committed: bool) -> list[Event]:
             out.clear()
+            if maybe_committed:
+                # The last attempt's commit may have landed: then its outputs are in
+                # the log, and running the actions again could disagree with them
+                # (fresh ids, a moved generation).
+                logged = {
+                    e.node_id: e.data
+                    for e in saga_log.events(conn, run.saga_id)
+                    if e.event_type == "succeeded"
+                }
+                if all(n.name in logged for n in group):
+                    redo: list[Event] = []
+                    for n in group:
+                        data = logged[n.name] or "null"
+                        if n is not group[0]:
+                            redo.append((n.name, "started", None))
+                        redo.append((n.name, "succeeded", data))
+                        out.append(data)
+                    return [*redo, *then]
             db = self.db.bound_to(conn)
             outputs = dict(run.outputs)  # later nodes of the group see earlier outputs
             written: list[Event] = []
@@ -682,7 +700,12 @@ class SagaExecutor:
         assert node.undo is not None
         undo = node.undo
 
-        def inside(conn: Connection) -> list[Event]:
+        def inside(conn: Connection, maybe_committed: bool) -> list[Event]:
+            if maybe_committed and any(
+                e.node_id == node.name and e.event_type == "undo_finished"
+                for e in saga_log.events(conn, run.saga_id)
+            ):
+                return [(node.name, "undo_finished", None)]  # the last attempt committed
             try:
                 undo(self._context(run, node.name, self.db.bound_to(conn)))
             except Exception as err:
@@ -718,13 +741,19 @@ class SagaExecutor:
         events: list[Event] | tuple[()] = (),
         new_state: str | None = None,
         outcome: str | None = None,
-        inside: Callable[[Connection], list[Event]] | None = None,
+        inside: Callable[[Connection, bool], list[Event]] | None = None,
     ) -> None:
         """One log write in one transaction, only while this executor owns the saga.
 
         `inside`, when given, runs in that transaction after `events` are written
         (an action in its log transaction); the events it returns are written after
-        it. It raises _ActionFailed, which is passed on at once (not retried).
+        it. It raises _ActionFailed, which is passed on at once (not retried). Its
+        second argument is True on a retry after an error whose commit may have
+        landed (a lost acknowledgement): it must then look in the log first.
+
+        A write that took longer than a third of the lease (waiting on locks) is
+        followed by a fresh claim: the lease it set may have run out by its commit,
+        and another process may have adopted the saga since.
 
         `states` are the saga states the write may find; a state change lists its
         target too, so re-running a write whose commit was not acknowledged is a
@@ -733,6 +762,7 @@ class SagaExecutor:
         """
 
         written: list[Event] = []
+        maybe_committed = False
 
         def txn(conn: Connection) -> None:
             written.clear()
@@ -750,7 +780,7 @@ class SagaExecutor:
                 raise _NotOwner()
             written.extend(events)
             if inside is not None:
-                written.extend(inside(conn))
+                written.extend(inside(conn, maybe_committed))
             saga_log.append_events(
                 conn,
                 run.saga_id,
@@ -761,6 +791,7 @@ class SagaExecutor:
 
         delay = 0.1
         for attempt in range(1, self._attempts + 1):
+            began = time.monotonic()
             try:
                 self.db.transaction(txn, name="saga log write", isolation=LOG_ISOLATION)
                 break
@@ -776,11 +807,30 @@ class SagaExecutor:
                         "interrupted", f"cannot write the saga log: {one_line(err)}"
                     ) from None
                 log.warning("saga %s: log write failed (%s); retrying", run.saga_id, one_line(err))
+                maybe_committed = True
                 time.sleep(delay)
                 delay *= 3
+        if new_state != "done" and time.monotonic() - began > self.lease_secs / 3:
+            self._reclaim(run, (new_state,) if new_state else states)
         last = written[-1] if written else None
         kind = last[1] if last is not None else ("done" if new_state == "done" else new_state)
         self._checkpoint(run.saga_id, kind or "state", last[0] if last else None)
+
+    def _reclaim(self, run: _Run, states: tuple[str, ...]) -> None:
+        """Renew the lease after a slow write, or stop if the saga was adopted."""
+
+        def txn(conn: Connection) -> bool:
+            lease = utcnow() + timedelta(seconds=self.lease_secs)
+            return saga_log.claim(
+                conn, run.saga_id, self.sec_id, run.generation, states=states, lease_expires=lease
+            )
+
+        try:
+            held = self.db.transaction(txn, name="saga lease renewal", isolation=LOG_ISOLATION)
+        except UdxError as err:
+            raise _Stop("interrupted", f"cannot renew the lease: {one_line(err)}") from None
+        if not held:
+            raise self._why_not_owner(run)
 
     def _why_not_owner(self, run: _Run) -> _Stop:
         with self.db.connect() as conn:

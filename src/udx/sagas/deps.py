@@ -56,18 +56,17 @@ class ExportSagaDeps:
         """The one client of `address` every saga of these deps shares: building an
         httpx.Client costs more CPU than a request (measured in bench/pass_throughput.py),
         and a client is thread-safe. Closed with the shared transport."""
-        with self._shared_lock:
-            client = self._clients.get(address)
-        if client is not None:
-            return client
         from udx.pantry.client import PantryClient
 
-        made = PantryClient(address, timeout=self.request_timeout_secs, transport=self._transport())
-        with self._shared_lock:
-            client = self._clients.setdefault(address, made)
-        if client is not made:
-            made.close()  # another thread made one first
-        return client
+        transport = self._transport()
+        with self._shared_lock:  # built under the lock: a loser would close the transport
+            client = self._clients.get(address)
+            if client is None:
+                client = PantryClient(
+                    address, timeout=self.request_timeout_secs, transport=transport
+                )
+                self._clients[address] = client
+            return client
 
     def pantry(self, address: PantryAddress) -> RetryingPantry:
         from udx.pantry.retry import RetryingPantry
