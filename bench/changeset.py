@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, summary, timed_runs, udx_executable, write_results
 
 GOAL_RATIO = 1.5
+GOAL_N = 100_000  # the size the goal is stated for
 
 SEED_SQL = """
 INSERT INTO snapshot (id, name, description, time_created, time_modified, time_deleted,
@@ -277,10 +278,13 @@ def main() -> None:
         )
     counts = {(r["statements"], r["statements_json"]) for r in results}
     print(f"\nstatement count constant in N: {len(counts) == 1} ({sorted(counts)})")
-    worst = max(r["ratio_best_vs_psql_aligned"] for r in results)
+    # The goal is stated for the 100k seed (issue 7); smaller sizes are dominated by
+    # udx's fixed start-up (interpreter and libraries, ~0.45 s) and shown for growth.
+    at = next((r for r in results if r["n_per_table"] == GOAL_N), results[-1])
+    ratio = at["ratio_best_vs_psql_aligned"]
     print(
-        f"goal ratio <= {GOAL_RATIO}x (vs psql aligned): "
-        f"{'met' if worst <= GOAL_RATIO else 'NOT met'} (worst {worst:.2f}x)"
+        f"goal ratio <= {GOAL_RATIO}x at N={at['n_per_table']} (vs psql aligned): "
+        f"{'met' if ratio <= GOAL_RATIO else 'NOT met'} ({ratio:.2f}x)"
     )
     path = write_results(
         args.name,
