@@ -76,6 +76,17 @@ def db(db_url: str) -> Iterator[Database]:
     database.dispose()
 
 
+@pytest.fixture
+def pg_only_db(pg_cluster: PostgresCluster) -> Iterator[Database]:
+    """A fresh PostgreSQL database at the current schema, for PostgreSQL-only
+    behaviour (isolation levels, SQLSTATEs): no SQLite half to skip."""
+    name = _new_pg_db(pg_cluster)
+    database = open_database(pg_cluster.url(name))
+    yield database
+    database.dispose()
+    pg_cluster.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty database (no schema), on each engine."""

@@ -468,9 +468,8 @@ def test_the_fresh_claim_stops_a_saga_adopted_meanwhile(db: Database) -> None:
     assert ran == []
 
 
-def test_database_only_nodes_run_at_read_committed_on_postgresql(db: Database) -> None:
-    if db.dialect != "postgresql":
-        pytest.skip("isolation levels are a PostgreSQL matter here")
+def test_database_only_nodes_run_at_read_committed_on_postgresql(pg_only_db: Database) -> None:
+    db = pg_only_db
 
     def level(ctx: ActionContext) -> str:
         with ctx.db.connect() as conn:
@@ -486,9 +485,10 @@ def test_database_only_nodes_run_at_read_committed_on_postgresql(db: Database) -
     )
 
 
-def test_a_real_serialization_failure_from_the_database_reruns_the_group(db: Database) -> None:
-    if db.dialect != "postgresql":
-        pytest.skip("SQLSTATE 40001 is raised by PostgreSQL")
+def test_a_real_serialization_failure_from_the_database_reruns_the_group(
+    pg_only_db: Database,
+) -> None:
+    db = pg_only_db
     counter_saga.reset(db)
     attempts: list[int] = []
 
