@@ -8,17 +8,15 @@ not grow with the rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from udx.cli.common import print_json
 from udx.datastore import changeset
 from udx.db.engine import Database, open_database
-from udx.testing.statements import StatementLog
+from udx.testing.statements import count_statements
 
 from ..datastore.test_changeset import seed_every_state
 from .helpers import Udx
@@ -37,19 +35,9 @@ def printed_by_print_json(
     return capsys.readouterr().out.encode()
 
 
-@contextmanager
-def every_engine_statement() -> Iterator[StatementLog]:
+def every_engine_statement() -> Any:
     """Statements of every engine (the CLI opens its own)."""
-    log = StatementLog()
-
-    def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        log.statements.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", _before)
-    try:
-        yield log
-    finally:
-        event.remove(Engine, "before_cursor_execute", _before)
+    return count_statements(Engine)
 
 
 @pytest.mark.parametrize("tty", ["0", "1"], ids=["piped", "terminal"])

@@ -25,7 +25,9 @@ def _is_bookkeeping(sql: str) -> bool:
 
 
 @contextmanager
-def count_statements(engine: Engine) -> Iterator[StatementLog]:
+def count_statements(engine: Engine | type[Engine]) -> Iterator[StatementLog]:
+    """Log what `engine` executes; pass the `Engine` class itself to log every
+    engine's statements (a command that opens its own)."""
     log = StatementLog()
 
     def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
