@@ -289,3 +289,34 @@ def test_per_attempt_timeout_never_exceeds_the_configured_one() -> None:
         rp.status()
     assert seen[0] == 3.0 and seen == sorted(seen, reverse=True)  # cut to the budget left
     assert min(seen) >= 0.5
+
+
+def test_every_request_after_the_first_is_fenced(sim: SimulatedPantry, vcr: Any) -> None:
+    """The saga fence (issue 14 item 1): the first request goes out at once (the
+    node's `started` write just confirmed ownership); each later one, retry or
+    second call, is preceded by the fence; a fence that says "lost" ends the call
+    before anything more reaches the pantry."""
+    from udx.saga import SagaFenced
+
+    fenced: list[int] = []
+    lost = False
+
+    def fence() -> None:
+        fenced.append(len(sim.requests))
+        if lost:
+            raise SagaFenced("interrupted", "adopted by another process")
+
+    rp, _clock, _inv = make(sim, fence=fence)
+    vid = uuid.uuid4()
+    sim.fail_next(2, 503)
+    rp.attach(vid, vcr)
+    assert fenced == [1, 2]  # before the 2nd and 3rd attempts, never before the 1st
+    assert rp.detach_ok_if_gone(vid) == "detached"
+    assert fenced == [1, 2, 3, 4]  # the volume status and the detach after it
+    lost = True
+    sim.fail_next(1, 503)
+    seen = len(sim.requests)
+    with pytest.raises(SagaFenced):
+        rp.attach(vid, vcr)
+    assert len(sim.requests) == seen  # nothing reached the pantry
+    assert sim.attachments == {}

@@ -10,10 +10,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from udx.datastore import saga_log
 from udx.db.engine import Database
+from udx.db.schema import saga
 from udx.db.types import utcnow
 from udx.domain.errors import BadInput, Conflict, NotFound
 from udx.saga import ActionContext, Node, SagaDefinition, SagaExecutor, SagaUnrecoverable, abandon
@@ -411,3 +412,111 @@ def test_definitions_are_checked() -> None:
         SagaDefinition("d", [Node("x", lambda ctx: 1), Node("x", lambda ctx: 2)])
     with pytest.raises(ValueError, match="no nodes"):
         SagaDefinition("d", [])
+
+
+def test_a_corrupt_log_event_makes_the_saga_unrecoverable(db: Database) -> None:
+    """An event whose data is not JSON (a hand-edited or damaged row): recovery
+    abandons that saga as unrecoverable and finishes the others (issue 14 item 6);
+    before, every pass adopted it and reported it interrupted, forever."""
+    rec = Recorder()
+    good = insert_orphan(db, "rec", json.dumps({"p": 1}))
+    bad = insert_orphan(db, "rec", json.dumps({"p": 2}))
+    with db.begin() as conn:
+        saga_log.append_event(
+            conn,
+            saga_id=bad,
+            node_id="a",
+            event_type="succeeded",
+            data='{"node": "a", truncated',
+            creator=uuid.uuid4(),
+            now=utcnow(),
+        )
+    with SagaExecutor(db, [rec.definition()]) as ex:
+        with pytest.raises(SagaUnrecoverable, match="not JSON"):
+            ex.resume(bad)  # an explicit resume says why
+        results = {r.saga_id: r for r in ex.recover()}
+        assert ex.recover() == []  # nothing left to adopt in the next pass
+    assert results[good].outcome == "succeeded"
+    assert results[bad].outcome == "abandoned"
+    row = record(db, bad)
+    assert row.saga_state == "abandoned" and row.abandon_reason == "unrecoverable"
+    assert "node 'a'" in (row.abandon_comment or "") and "not JSON" in (row.abandon_comment or "")
+    assert rec.calls == ["a", "b", "c"]  # only the good saga ran
+
+
+def _take_over(db: Database, saga_id: uuid.UUID) -> uuid.UUID:
+    """Another process adopts the saga, as after this one was paused past its lease."""
+    other = uuid.uuid4()
+    with db.begin() as conn:
+        conn.execute(
+            update(saga).where(saga.c.id == saga_id).values(lease_expires=utcnow() - timedelta(1))
+        )
+        now = utcnow()
+        assert saga_log.adopt(conn, saga_id, other, now=now, lease_expires=now + timedelta(60))
+    return other
+
+
+@pytest.mark.parametrize("when", ["forward", "undo"])
+def test_fence_stops_a_node_once_another_process_adopted_the_saga(
+    db: Database, when: str
+) -> None:
+    """ctx.fence() raises SagaFenced after a takeover: the node stops before its next
+    call, and the executor stops driving the saga (interrupted) without logging a
+    failure or running an undo: the new owner does what is left."""
+    calls: list[str] = []
+
+    def calls_out(ctx: ActionContext) -> None:
+        calls.append("first call")
+        ctx.fence()  # still ours: passes
+        if when == "forward":
+            _take_over(ctx.db, ctx.saga_id)
+        ctx.fence()
+        calls.append("second call")  # a retry: must not happen
+
+    def fail(ctx: ActionContext) -> None:
+        raise RuntimeError("fails, so the saga unwinds")
+
+    def undo_calls_out(ctx: ActionContext) -> None:
+        calls.append("undo first call")
+        _take_over(ctx.db, ctx.saga_id)
+        ctx.fence()
+        calls.append("undo second call")
+
+    nodes = [Node("out", calls_out if when == "forward" else lambda ctx: None, undo_calls_out)]
+    if when == "undo":
+        nodes.append(Node("boom", fail))
+    with SagaExecutor(db, [SagaDefinition("fenced", nodes)]) as ex:
+        result = ex.run("fenced", {})
+    assert result.outcome == "interrupted", result
+    assert "adopted by process" in (result.error or "")
+    if when == "forward":
+        assert calls == ["first call"]
+        assert events(db, result.saga_id) == [("out", "started")]
+    else:
+        assert calls == ["undo first call"]
+        assert ("out", "undo_failed") not in events(db, result.saga_id)
+    row = record(db, result.saga_id)
+    assert row.saga_state == ("running" if when == "forward" else "unwinding")
+    assert row.outcome is None
+
+
+def test_fence_after_an_abandon_reports_abandoned(db: Database) -> None:
+    def calls_out(ctx: ActionContext) -> None:
+        abandon(ctx.db, ctx.saga_id, "operator", "stop calling the pantry")
+        ctx.fence()
+        raise AssertionError("fence let an abandoned saga call out")
+
+    with SagaExecutor(db, [SagaDefinition("ab", [Node("out", calls_out)])]) as ex:
+        result = ex.run("ab", {})
+    assert result.outcome == "abandoned"
+    assert "stop calling the pantry" in (result.error or "")
+
+
+def test_fence_in_a_log_transaction_node_is_a_no_op(db: Database) -> None:
+    def inside(ctx: ActionContext) -> str:
+        ctx.fence()  # a second transaction here would wait on the log's own lock
+        return "ok"
+
+    d = SagaDefinition("in", [Node("inside", inside, in_log_transaction=True)])
+    with SagaExecutor(db, [d]) as ex:
+        assert ex.run("in", {}).outcome == "succeeded"

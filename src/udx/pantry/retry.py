@@ -7,6 +7,11 @@ once with `PantryGone` (the caller decides what "gone" means; for a detach it is
 success). A total time budget bounds the whole call so a cron pass never hangs;
 when it runs out the last error is raised as a `PantryError`. Refusals (4xx other
 than 429) are raised at once.
+
+Fencing: with `fence` (a saga node's `ctx.fence`), every request after this
+object's first one (a retry, the detach after a volume status, a failed attach's
+cleanup) is preceded by `fence()`, which raises `SagaFenced` when the saga was
+lost to another process; the call then ends at once, touching the pantry no more.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class RetryingPantry:
         initial_delay: float = INITIAL_DELAY,
         max_delay: float = MAX_DELAY,
         client: PantryClient | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self.address = address
         self.inventory = inventory
@@ -70,6 +76,8 @@ class RetryingPantry:
         self._rng = rng or random.Random()
         self._initial_delay = initial_delay
         self._max_delay = max_delay
+        self._fence = fence
+        self._requests = 0  # sent through this object: every one after the first is fenced
 
     def close(self) -> None:
         if self._owns_client:
@@ -134,6 +142,9 @@ class RetryingPantry:
         attempt = 0
         while True:
             attempt += 1
+            if self._fence is not None and self._requests:
+                self._fence()
+            self._requests += 1
             remaining = deadline - self._clock()
             # Each attempt's timeout is cut to what is left of the budget so a
             # hanging pantry cannot stretch the call far past it.

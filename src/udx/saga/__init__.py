@@ -8,7 +8,7 @@ it survives a crash at every point.
 """
 
 from udx.saga.definition import ActionContext, Node, Outcome, SagaDefinition, SagaResult
-from udx.saga.errors import SagaUnrecoverable
+from udx.saga.errors import SagaFenced, SagaUnrecoverable
 from udx.saga.executor import Checkpoint, SagaExecutor, abandon
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Outcome",
     "SagaDefinition",
     "SagaExecutor",
+    "SagaFenced",
     "SagaResult",
     "SagaUnrecoverable",
     "abandon",

@@ -76,6 +76,20 @@ class ActionContext:
     db: Database
     deps: Any
     _outputs: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    _fence: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def fence(self) -> None:
+        """Confirm this process still owns the saga, or raise `SagaFenced`.
+
+        A node that calls out calls this before every call after its first (a
+        retry, a second request, its own failure cleanup): a process paused past
+        its lease may have lost the saga to another one, and must then never
+        touch the outside world for it again. It is a database round trip (see
+        `SagaExecutor._fence` for why no local check would do); the first call of
+        a node needs none, the `started` write just before it was one. A no-op in
+        nodes run in their log transaction (that transaction holds the saga).
+        """
+        self._fence()
 
     def output(self, node_name: str) -> Any:
         """The output of `node_name`, which must have succeeded earlier in this saga

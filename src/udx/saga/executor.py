@@ -29,7 +29,7 @@ from udx.db.engine import is_retryable
 from udx.db.types import utcnow
 from udx.domain.errors import BadInput, Conflict, UdxError
 from udx.saga.definition import ActionContext, Node, Outcome, SagaDefinition, SagaResult
-from udx.saga.errors import SagaUnrecoverable
+from udx.saga.errors import SagaFenced, SagaUnrecoverable
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -380,6 +380,16 @@ class SagaExecutor:
                 raise SagaUnrecoverable(
                     f"saga {rec.id}: params no longer valid: {one_line(err)}"
                 ) from None
+        for e in evs:
+            try:
+                e.decoded()
+            except ValueError as err:
+                # Continuing would need that output (or error) and cannot have it;
+                # adopting it in every pass would only report it interrupted forever.
+                raise SagaUnrecoverable(
+                    f"saga {rec.id}: the log's {e.event_type!r} event of node {e.node_id!r} "
+                    f"is not JSON: {err}"
+                ) from None
         names = {n.name for n in definition.nodes}
         unknown = sorted({e.node_id for e in evs} - names)
         if unknown:
@@ -560,8 +570,10 @@ class SagaExecutor:
                     self._write(run, ("running",), events=started)
                 started = []  # committed
                 try:
-                    output = node.action(self._context(run, node.name))
+                    output = node.action(self._context(run, node.name, fence_states=("running",)))
                     data = json.dumps(output, sort_keys=True)
+                except SagaFenced as fenced:
+                    raise _Stop(fence_outcome(fenced), fenced.message) from None
                 except Exception as err:
                     raise _ActionFailed(err) from err
                 self._checkpoint(run.saga_id, "action_returned", node.name)
@@ -604,7 +616,9 @@ class SagaExecutor:
                 self._write(run, ("unwinding",), events=undo_started)
                 undo_started = []  # committed
                 try:
-                    node.undo(self._context(run, node.name))
+                    node.undo(self._context(run, node.name, fence_states=("unwinding",)))
+                except SagaFenced as fenced:
+                    raise _Stop(fence_outcome(fenced), fenced.message) from None
                 except Exception as err:
                     raise _ActionFailed(err) from err
             except _ActionFailed as failed:
@@ -723,7 +737,14 @@ class SagaExecutor:
         node: str,
         db: Database | None = None,
         outputs: dict[str, Any] | None = None,
+        fence_states: tuple[str, ...] | None = None,
     ) -> ActionContext:
+        """What a node gets. `fence_states` (the saga states the node runs in) arms
+        `ctx.fence` for a node run outside its log transaction; inside one, the
+        transaction's own claim holds the saga and the fence is a no-op."""
+        fence: Callable[[], None] = (
+            partial(self._fence, run, fence_states) if fence_states else (lambda: None)
+        )
         return ActionContext(
             saga_id=run.saga_id,
             params=json.loads(run.params_json),
@@ -731,7 +752,43 @@ class SagaExecutor:
             db=db or self.db,
             deps=self.deps,
             _outputs=types.MappingProxyType(dict(run.outputs if outputs is None else outputs)),
+            _fence=fence,
         )
+
+    def _fence(self, run: _Run, states: tuple[str, ...]) -> None:
+        """`ActionContext.fence`: confirm ownership in the database, or SagaFenced.
+
+        Why a database round trip and not the lease expiry this executor knows
+        locally (it set every lease, so `monotonic() < last renewal + lease_secs`
+        costs nothing):
+        - the local clock does not see every pause. CLOCK_MONOTONIC keeps running
+          while a process is SIGSTOPped or in a GC pause, but a frozen VM's guest
+          clock typically stops with it (kvmclock) and resumes as if no time had
+          passed, while the adopter compares the lease with its own wall clock;
+          a local "the lease is fine" would then be wrong exactly when it matters;
+        - an expired lease does not mean the saga was lost (nobody may have
+          adopted it: then this process may go on), and an unexpired local lease
+          does not mean it is held (an operator may have abandoned it);
+        - the keeper thread's renewals can fail silently (database trouble), so
+          the local view can be stale in either direction.
+        The claim is the same conditional UPDATE every log write makes (owner,
+        adopt generation, state) and renews the lease: after it commits, no other
+        process can adopt the saga for a whole lease on its clock (hosts keep
+        their clocks close, as the lease already requires). Calls are fenced only
+        after a node's first (retries, second requests, cleanup), which are rare
+        and at least a backoff apart, so the hot path pays nothing. What remains
+        is a pause between this claim and the request reaching the pantry, which
+        no client-side check can close; the orphan sweep of the pass removes an
+        attachment such a late request leaves.
+        """
+        try:
+            self._reclaim(run, states)
+        except _Stop as stop:
+            raise SagaFenced(stop.outcome, stop.message) from None
+        except Exception as err:  # ownership unknown (the database): do not call out
+            raise SagaFenced(
+                "interrupted", f"cannot confirm this process still owns the saga: {one_line(err)}"
+            ) from None
 
     def _write(
         self,
@@ -853,6 +910,10 @@ class SagaExecutor:
     def _checkpoint(self, saga_id: uuid.UUID, kind: str, node: str | None) -> None:
         if self._hook is not None:
             self._hook(Checkpoint(saga_id, kind, node))
+
+
+def fence_outcome(fenced: SagaFenced) -> Outcome:
+    return "abandoned" if fenced.outcome == "abandoned" else "interrupted"
 
 
 def abandon(db: Database, saga_id: uuid.UUID, reason: str, comment: str) -> None:

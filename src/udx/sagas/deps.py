@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,11 @@ class ExportSagaDeps:
                 self._clients[address] = client
             return client
 
-    def pantry(self, address: PantryAddress) -> RetryingPantry:
+    def pantry(
+        self, address: PantryAddress, *, fence: Callable[[], None] | None = None
+    ) -> RetryingPantry:
+        """A retrying pantry for one saga node; `fence` is the node's `ctx.fence`
+        (every request after the node's first is fenced)."""
         from udx.pantry.retry import RetryingPantry
 
         return RetryingPantry(
@@ -77,6 +82,7 @@ class ExportSagaDeps:
             timeout=self.request_timeout_secs,
             budget_secs=self.retry_budget_secs,
             client=self.client(address),
+            fence=fence,
         )
 
     def pick_pantry(self) -> PantryAddress:

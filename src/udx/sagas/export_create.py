@@ -15,7 +15,7 @@ from udx.datastore import exports, resources, volumes
 from udx.domain.address import PantryAddress
 from udx.domain.errors import NotFound
 from udx.domain.model import ResourceType
-from udx.saga import ActionContext, Node, SagaDefinition
+from udx.saga import ActionContext, Node, SagaDefinition, SagaFenced
 from udx.sagas.deps import deps_of
 from udx.sagas.params import uuid_param
 
@@ -95,12 +95,20 @@ def attach(ctx: ActionContext) -> None:
     address = PantryAddress.parse(ctx.output("pick_pantry"))
     copy = ctx.output("copy_volume")
     volume_id = uuid.UUID(copy["volume_id"])
-    pantry = deps_of(ctx).pantry(address)
+    # Fenced (ctx.fence): a retry, and the cleanup below, first confirm this process
+    # still owns the saga. Once another process adopted it, it may have gone Live
+    # with this very volume (a cleanup detach would leave Live with nothing
+    # attached) or unwound (a retried attach would leave an orphan).
+    pantry = deps_of(ctx).pantry(address, fence=ctx.fence)
     try:
         pantry.attach(volume_id, copy["request"])
+    except SagaFenced:
+        raise
     except Exception:
         try:
             pantry.detach_ok_if_gone(volume_id)
+        except SagaFenced:
+            raise
         except Exception as cleanup_err:
             log.warning(
                 "saga %s: attach of %s on %s failed and so did the detach after it (%s); "
@@ -117,7 +125,7 @@ def attach(ctx: ActionContext) -> None:
 
 def detach(ctx: ActionContext) -> None:
     address = PantryAddress.parse(ctx.output("pick_pantry"))
-    pantry = deps_of(ctx).pantry(address)
+    pantry = deps_of(ctx).pantry(address, fence=ctx.fence)
     try:
         pantry.detach_ok_if_gone(_new_volume_id(ctx))
     finally:

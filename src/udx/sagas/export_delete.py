@@ -64,7 +64,9 @@ def detach(ctx: ActionContext) -> str:
     pantry_text = ctx.output("read_generation")["pantry"]
     if pantry_text is None:
         return "no_pantry"
-    pantry = deps_of(ctx).pantry(PantryAddress.parse(pantry_text))
+    # Fenced: the detach after the volume status, and every retry, first confirm
+    # this process still owns the saga (another may have unwound it back to Live).
+    pantry = deps_of(ctx).pantry(PantryAddress.parse(pantry_text), fence=ctx.fence)
     try:
         return pantry.detach_ok_if_gone(_volume_id(ctx))
     finally:
