@@ -190,3 +190,41 @@ def test_volume_status_malformed() -> None:
     c = _mock(lambda r: httpx.Response(200, json={"active": "yes"}))
     with pytest.raises(PantryError, match="malformed"):
         c.volume_status(uuid.uuid4())
+
+
+@pytest.mark.parametrize("op", ["status", "attach", "volume_status", "detach"])
+def test_a_dripping_answer_is_bounded_by_the_timeout(
+    sim: SimulatedPantry, vcr: Any, op: str
+) -> None:
+    """httpx's timeout is per socket read: a pantry answering one byte every
+    0.25 s never trips it and would hold a 1 s request for ~30 s. The client
+    bounds the whole request, answer included, in wall-clock time (issue 14)."""
+    vid = uuid.uuid4()
+    sim.attach(vid, vcr)
+    sim.drip(0.25)
+    calls = {
+        "status": lambda c: c.status(),
+        "attach": lambda c: c.attach(vid, vcr),
+        "volume_status": lambda c: c.volume_status(vid),
+        "detach": lambda c: c.detach(vid),
+    }
+    with PantryClient(sim.address, timeout=1.0) as c:
+        start = time.monotonic()
+        with pytest.raises(PantryError) as info:
+            calls[op](c)
+        spent = time.monotonic() - start
+    assert info.value.timed_out and info.value.transient
+    assert "no complete answer within 1s" in str(info.value)
+    assert 0.9 <= spent < 1.6
+
+
+def test_the_shared_transport_bounds_dripping_answers_too(sim: SimulatedPantry) -> None:
+    from udx.pantry.inventory import StaticInventory
+    from udx.sagas.deps import ExportSagaDeps
+
+    deps = ExportSagaDeps(inventory=StaticInventory([sim.address]), request_timeout_secs=0.5)
+    sim.drip(0.2)
+    start = time.monotonic()
+    with pytest.raises(PantryError, match="no complete answer"):
+        deps.client(sim.address).status()
+    assert time.monotonic() - start < 1.2

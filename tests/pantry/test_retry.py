@@ -320,3 +320,22 @@ def test_every_request_after_the_first_is_fenced(sim: SimulatedPantry, vcr: Any)
         rp.attach(vid, vcr)
     assert len(sim.requests) == seen  # nothing reached the pantry
     assert sim.attachments == {}
+
+
+def test_the_budget_holds_in_wall_clock_time_against_a_dripping_pantry(
+    sim: SimulatedPantry, vcr: Any
+) -> None:
+    """Every attempt drips (each would take ~40 s): the call still ends at the
+    budget, and an attach's cleanup after it shares what is left of that budget
+    (one short attempt each), so a saga node's pantry calls end within ~budget."""
+    sim.drip(0.3)
+    rp = RetryingPantry(sim.address, FakeInventory(sim.address), timeout=1.0, budget_secs=2.0)
+    vid = uuid.uuid4()
+    start = time.monotonic()
+    with pytest.raises(PantryError) as info:
+        rp.attach(vid, vcr)
+    assert info.value.timed_out and "gave up" in str(info.value)
+    assert 2.0 <= time.monotonic() - start < 3.0
+    with pytest.raises(PantryError):
+        rp.detach_ok_if_gone(vid)  # the attach's cleanup
+    assert time.monotonic() - start < 4.0

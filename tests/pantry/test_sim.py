@@ -197,3 +197,48 @@ def test_fail_next_for_one_method(sim: SimulatedPantry, vcr: Any) -> None:
         assert c.status().volumes == []
         c.attach(vid, vcr)
     assert sim.attachments_created[str(vid)] == 1
+
+
+def test_drip_sends_a_whole_valid_answer_slowly(sim: SimulatedPantry, vcr: Any) -> None:
+    """`drip`: the answer arrives one byte at a time (status line and headers
+    too); a patient client still gets it whole. Only the calls named drip."""
+    vid = uuid.uuid4()
+    sim.attach(vid, vcr)
+    sim.drip(0.002, ops=["status"])
+    with PantryClient(sim.address, timeout=30) as c:
+        start = time.monotonic()
+        assert c.status().volumes == [str(vid)]
+        slow = time.monotonic() - start
+        start = time.monotonic()
+        assert c.volume_status(vid) is not None  # not dripping
+        fast = time.monotonic() - start
+    assert slow > 0.1 > fast  # ~100 bytes at 2 ms each
+    sim.drip(0)
+    with PantryClient(sim.address, timeout=30) as c:
+        start = time.monotonic()
+        c.status()
+        assert time.monotonic() - start < 0.1
+    with pytest.raises(ValueError, match="unknown pantry calls"):
+        sim.drip(1, ops=["attach", "bulk_write"])
+
+
+def test_latency_on_volume_calls_carries_them_out_after_the_client_gave_up(
+    sim: SimulatedPantry, vcr: Any
+) -> None:
+    """`set_latency(secs, ops=...)`: volume calls take `secs` and then happen, the
+    client gone or not; the status call answers at once."""
+    sim.set_latency(0.6, ops=["attach", "detach"])
+    vid = uuid.uuid4()
+    with PantryClient(sim.address, timeout=0.2) as c:
+        start = time.monotonic()
+        c.status()
+        assert time.monotonic() - start < 0.2
+        with pytest.raises(PantryError) as info:
+            c.attach(vid, vcr)
+        assert info.value.timed_out
+    assert sim.attachments == {}  # not yet ...
+    deadline = time.monotonic() + 5
+    while str(vid) not in sim.attachments:  # ... but it still happens
+        assert time.monotonic() < deadline, "the late attach never happened"
+        time.sleep(0.05)
+    assert sim.attachments_created[str(vid)] == 1

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 # Methods of SimulatedPantry a test may call, and properties it may read.
-_CALLS = {"fail_next", "set_latency", "refuse_connections", "restart", "detach_503_times"}
+_CALLS = {
+    "fail_next",
+    "set_latency",
+    "drip",
+    "refuse_connections",
+    "restart",
+    "detach_503_times",
+}
 _READS = {"attachment_ids", "attachments_created", "attach_calls", "detach_calls", "restarts"}
 
 
@@ -102,6 +109,7 @@ class PantryProcess:
         for i in range(len(self.addresses)):
             self.call(i, "fail_next", 0)
             self.call(i, "set_latency", 0.0)
+            self.call(i, "drip", 0.0)
             self.call(i, "refuse_connections", False)
             self.call(i, "detach_503_times", 0)
 

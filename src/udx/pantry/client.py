@@ -10,15 +10,26 @@ Bodies follow the Pantry's own OpenAPI document (shared/spec/crucible-pantry-2.0
 Every failure is a `PantryError` that keeps the HTTP status (None when no response
 arrived) and the pantry's error body, so callers can tell a transient failure from
 a refusal. This client never retries: see `udx.pantry.retry`.
+
+Every request is bounded in wall-clock time by its timeout, the whole answer
+included: httpx's timeouts apply to each socket operation, so a pantry sending
+one byte per second would otherwise hold a request (and a pass) for ever. The
+transport's sockets cap every connect, read and write at what is left of the
+request's deadline (`DeadlineTransport`).
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpcore
 import httpx
 
 from udx.domain.address import PantryAddress
@@ -144,8 +155,120 @@ def _error_body(response: httpx.Response) -> dict[str, Any] | None:
     return None
 
 
+# --- wall-clock deadlines -------------------------------------------------------------
+
+_deadline = threading.local()  # .at: the monotonic deadline of this thread's request
+
+
+@contextmanager
+def request_deadline(secs: float) -> Iterator[None]:
+    """Bound the requests this thread makes inside the block to `secs` of wall-clock
+    time in all (through a `DeadlineTransport`). Nested blocks keep the earlier
+    deadline."""
+    outer: float | None = getattr(_deadline, "at", None)
+    at = time.monotonic() + secs
+    _deadline.at = at if outer is None else min(outer, at)
+    try:
+        yield
+    finally:
+        _deadline.at = outer
+
+
+def _capped(timeout: float | None, exc: type[Exception]) -> float | None:
+    """A socket operation's timeout, cut to what is left of the request deadline."""
+    at: float | None = getattr(_deadline, "at", None)
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise exc("the request's wall-clock deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _capped(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _capped(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        tls = self._inner.start_tls(
+            ssl_context, server_hostname, _capped(timeout, httpcore.ConnectTimeout)
+        )
+        return _DeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, _capped(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(
+            path, _capped(timeout, httpcore.ConnectTimeout), socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport whose sockets honour `request_deadline`: every connect,
+    read and write gets at most what is left of the request's time, so a slow
+    (dripping) answer ends at the deadline like a silent one. httpx has no
+    total-time timeout of its own, and no parameter for httpcore's documented
+    `network_backend` hook: the pool httpx built (`_pool`, the same in every
+    httpx 0.2x) is replaced by one with httpx's default limits and this backend.
+    tests/pantry/test_client.py checks the bound on a real dripping server, so
+    an httpx that changed this would fail there, not silently."""
+
+    def __init__(self) -> None:
+        # verify=False: the pool built here (and dropped) needs no CA bundle
+        # loaded; the pool used makes httpcore's default, verifying, TLS context
+        # if a request is ever https.
+        super().__init__(verify=False, trust_env=False)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self._pool = httpcore.ConnectionPool(
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=5.0,
+            network_backend=_DeadlineBackend(),
+        )
+
+
 class PantryClient:
-    """One pantry, one connection pool. Thread-safe (httpx.Client is)."""
+    """One pantry, one connection pool. Thread-safe (httpx.Client is).
+
+    Without `transport`, requests go through a `DeadlineTransport` of its own;
+    a transport given (shared, or a test's) should be one too for the wall-clock
+    bound to hold on real sockets."""
 
     def __init__(
         self,
@@ -159,7 +282,7 @@ class PantryClient:
         self._http = httpx.Client(
             base_url=address.base_url,
             timeout=httpx.Timeout(timeout),
-            transport=transport,
+            transport=transport if transport is not None else DeadlineTransport(),
             headers={"accept": "application/json"},
             # Never pick up a proxy from the environment: pantries are on the
             # underlay and a proxy would turn "refused" into a misleading 502.
@@ -239,11 +362,17 @@ class PantryClient:
             kwargs["json"] = json_body
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout)
+        total = self.timeout if timeout is None else timeout
         try:
-            return self._http.request(method, path, **kwargs)
+            # The whole request, answer included, within `total` (a dripping body too).
+            with request_deadline(total):
+                return self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as err:
             raise PantryError(
-                self.address, f"{method} {path}: timed out ({type(err).__name__})", timed_out=True
+                self.address,
+                f"{method} {path}: timed out (no complete answer within {total:g}s, "
+                f"{type(err).__name__})",
+                timed_out=True,
             ) from err
         except httpx.TransportError as err:
             raise PantryError(

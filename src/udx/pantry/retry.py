@@ -4,9 +4,14 @@ A transient failure (no response, timeout, 5xx, 503 while deactivating, 429) is
 retried with exponential backoff and jitter. Before each retry the inventory is
 asked whether the pantry is still in service: when it is not, the call ends at
 once with `PantryGone` (the caller decides what "gone" means; for a detach it is
-success). A total time budget bounds the whole call so a cron pass never hangs;
-when it runs out the last error is raised as a `PantryError`. Refusals (4xx other
-than 429) are raised at once.
+success). A total time budget bounds the calls so a cron pass never hangs: it is
+wall-clock time, shared by every call made through one `RetryingPantry` (a saga
+node's: an attach and its cleanup, a volume status and the detach after it), and
+each attempt is itself bounded in wall-clock time, a dripping answer included
+(`PantryClient`). When it runs out the last error is raised as a `PantryError`;
+a call made after it ran out still gets one short attempt (MIN_ATTEMPT_TIMEOUT),
+so a failed attach's cleanup is tried. Refusals (4xx other than 429) are raised
+at once.
 
 Fencing: with `fence` (a saga node's `ctx.fence`), every request after this
 object's first one (a retry, the detach after a volume status, a failed attach's
@@ -78,6 +83,7 @@ class RetryingPantry:
         self._max_delay = max_delay
         self._fence = fence
         self._requests = 0  # sent through this object: every one after the first is fenced
+        self._start: float | None = None  # the first call's start: the budget runs from it
 
     def close(self) -> None:
         if self._owns_client:
@@ -136,7 +142,9 @@ class RetryingPantry:
     # --- the loop ----------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[float], T]) -> T:
-        start = self._clock()
+        if self._start is None:
+            self._start = self._clock()
+        start = self._start
         deadline = start + self.budget_secs
         delay = self._initial_delay
         attempt = 0

@@ -12,7 +12,9 @@ Pantry's OpenAPI document defines them, and keeps attachments in memory:
 - ``DELETE /crucible/pantry/0/volume/{id}``: detach, 204; an unknown id too.
 
 Errors carry ``{"message", "request_id", "error_code"?}``. Fault injection:
-`fail_next`, `set_latency`, `refuse_connections`, `restart`, `detach_503_times`.
+`fail_next`, `set_latency` (optionally for some calls only; the call is carried
+out after the wait even when the client gave up meanwhile), `drip` (answers sent
+one byte at a time), `refuse_connections`, `restart`, `detach_503_times`.
 Counters (`attach_calls`, `detach_calls`, `attachments_created`, `detachments`)
 make "attached exactly once" a one-line assertion.
 """
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 PREFIX = "/crucible/pantry/0"
 VOLUME_PREFIX = PREFIX + "/volume/"
 VCR_TYPES = ("volume", "url", "region", "file")
+# The calls, as fault injection names them (`set_latency(..., ops=...)`, `drip`).
+OPS = ("status", "attach", "volume_status", "detach")
+VOLUME_OPS = ("attach", "volume_status", "detach")
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,9 @@ class SimulatedPantry:
         self._fail_method: str | None = None
         self._detach_503 = 0
         self._latency = 0.0
+        self._latency_ops: frozenset[str] | None = None  # None: every call
+        self._drip = 0.0
+        self._drip_ops: frozenset[str] | None = None
         self.attach_calls: Counter[str] = Counter()  # attach requests received, per volume id
         self.detach_calls: Counter[str] = Counter()  # detach requests received, per volume id
         self.attachments_created: Counter[str] = Counter()  # new attachments made, per volume id
@@ -177,10 +185,23 @@ class SimulatedPantry:
             self._fail_next = [status] * n
             self._fail_method = method.upper() if method else None
 
-    def set_latency(self, secs: float) -> None:
-        """Wait `secs` before answering each request."""
+    def set_latency(self, secs: float, ops: Iterable[str] | None = None) -> None:
+        """Wait `secs` before carrying out and answering each request (of the calls
+        named in `ops`, see OPS; all by default). The call is carried out after
+        the wait whether or not the client is still there: with `secs` longer
+        than the client's timeout, an attach or detach the client gave up on
+        still happens, as a slow real pantry does."""
         with self._lock:
             self._latency = max(0.0, secs)
+            self._latency_ops = _ops(ops)
+
+    def drip(self, secs_per_byte: float, ops: Iterable[str] | None = None) -> None:
+        """Send each answer (status line, headers and body) one byte every
+        `secs_per_byte` (of the calls in `ops`; all by default); 0 stops
+        dripping. The call itself is carried out at once."""
+        with self._lock:
+            self._drip = max(0.0, secs_per_byte)
+            self._drip_ops = _ops(ops)
 
     def refuse_connections(self, refuse: bool = True) -> None:
         """Stop listening (connections are refused), or listen again on the same port."""
@@ -233,8 +254,10 @@ class SimulatedPantry:
         except ValueError:
             length = 0
         raw = h.rfile.read(length) if length > 0 else b""
+        op = _op_of(method, path)
         with self._lock:
-            latency = self._latency
+            latency = self._latency if _applies(self._latency_ops, op) else 0.0
+            drip = self._drip if _applies(self._drip_ops, op) else 0.0
         if latency:
             time.sleep(latency)
         request_id = str(uuid.uuid4())
@@ -248,7 +271,27 @@ class SimulatedPantry:
             self.requests.append(record)
         if self.on_request is not None:
             self.on_request(record)
-        self._write(h, status, body, request_id)
+        if drip:
+            self._drip_write(h, status, body, request_id, drip)
+        else:
+            self._write(h, status, body, request_id)
+
+    @staticmethod
+    def _drip_write(h: _Handler, status: int, body: Any, request_id: str, secs: float) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        head = [f"HTTP/1.1 {status} {_reason(status)}", f"x-request-id: {request_id}"]
+        if body is not None:
+            head.append("content-type: application/json")
+        head += [f"content-length: {len(data)}", "connection: close", "", ""]
+        raw = "\r\n".join(head).encode() + data
+        try:
+            for i in range(len(raw)):
+                h.wfile.write(raw[i : i + 1])
+                h.wfile.flush()
+                time.sleep(secs)
+        except OSError:
+            pass  # the client gave up
+        h.close_connection = True
 
     @staticmethod
     def _write(h: _Handler, status: int, body: Any, request_id: str) -> None:
@@ -336,6 +379,29 @@ class SimulatedPantry:
         self._attachments[volume_id] = vcr
         self.attachments_created[volume_id] += 1
         return 200, {"id": volume_id}
+
+
+def _ops(ops: Iterable[str] | None) -> frozenset[str] | None:
+    if ops is None:
+        return None
+    chosen = frozenset(ops)
+    unknown = sorted(chosen - set(OPS))
+    if unknown:
+        raise ValueError(f"unknown pantry calls {unknown}: expected some of {', '.join(OPS)}")
+    return chosen
+
+
+def _applies(ops: frozenset[str] | None, op: str | None) -> bool:
+    return ops is None or op in ops
+
+
+def _op_of(method: str, path: str) -> str | None:
+    """The call a request makes (see OPS), or None for anything else."""
+    if path == PREFIX:
+        return "status" if method == "GET" else None
+    if path.startswith(VOLUME_PREFIX) and "/" not in path[len(VOLUME_PREFIX) :]:
+        return {"GET": "volume_status", "POST": "attach", "DELETE": "detach"}.get(method)
+    return None
 
 
 def _reason(status: int) -> str:

@@ -46,9 +46,9 @@ class ExportSagaDeps:
             return self.transport
         with self._shared_lock:
             if self._shared is None:
-                import httpx
+                from udx.pantry.client import DeadlineTransport
 
-                real = httpx.HTTPTransport()
+                real = DeadlineTransport()
                 self._shared = _SharedTransport(real)
                 weakref.finalize(self, real.close)
             return self._shared
