@@ -27,6 +27,9 @@ class DatabaseSettings:
 @dataclass
 class CoordinatorSettings:
     concurrency: int = 8
+    # The orphan sweep detaches an attachment nothing accounts for once it has
+    # been seen orphaned this long (passes remember it in orphan_attachment).
+    orphan_grace_secs: float = 600.0
 
 
 @dataclass
@@ -142,6 +145,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"[coordinator] concurrency must be 1..256, not {s.coordinator.concurrency}"
         )
+    if not s.coordinator.orphan_grace_secs >= 0:
+        raise ConfigError("[coordinator] orphan_grace_secs must be zero or more")
     for key in ("request_timeout_secs", "retry_budget_secs"):
         if not getattr(s.pantry, key) > 0:
             raise ConfigError(f"[pantry] {key} must be positive")

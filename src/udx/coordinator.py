@@ -1,7 +1,8 @@
 """One coordinator pass (DESIGN.md section 4), the port of Nexus's background task.
 
 Order: (0) adopt sagas whose owner died; (1) mark records on expunged pantries,
-then records whose pantry lost its attachment; (2) compute the changeset; (3)
+then probe every in-service pantry once: mark records whose pantry lost its
+attachment, and sweep attachments nothing accounts for; (2) compute the changeset; (3)
 request and create; (4) delete by state; (5) report. One failing item never stops
 the others: it adds an error and the pass goes on. Losing a race to another pass
 (a record created first elsewhere, a lock held or moved by another saga) is
@@ -14,6 +15,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +65,7 @@ class PassStatus:
     records_bypassed_ok: list[BypassedRecord] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     sagas_recovered: int = 0
+    orphans_detached: int = 0
     # Not in the JSON: tells the CLI to exit 3 (inventory unreachable), not 1.
     inventory_unavailable: bool = field(default=False, repr=False)
 
@@ -116,12 +119,16 @@ class Coordinator:
         executor: SagaExecutor,
         *,
         request_timeout_secs: float = 10.0,
+        retry_budget_secs: float = 60.0,
+        orphan_grace_secs: float = 600.0,
         pantry_transport: Any = None,
     ) -> None:
         self.db = db
         self.inventory = inventory
         self.executor = executor
         self.request_timeout_secs = request_timeout_secs
+        self.retry_budget_secs = retry_budget_secs
+        self.orphan_grace_secs = orphan_grace_secs
         self.pantry_transport = pantry_transport
 
     # --- step 1 ---------------------------------------------------------------------------
@@ -161,33 +168,142 @@ class Coordinator:
         finally:
             client.close()
 
-    def _lost_records(self, in_service: list[PantryAddress]) -> list[UserDataExport]:
+    def _probe(self, in_service: list[PantryAddress]) -> dict[PantryAddress, set[str] | None]:
+        """Each in-service pantry's attached volumes (None: it did not answer), one
+        status call per pantry, all at once: a few dead ones must not add a
+        timeout each."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        addresses = sorted(set(in_service))
+        if not addresses:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(len(addresses), 16)) as pool:
+            return dict(zip(addresses, pool.map(self._attached_volumes, addresses), strict=True))
+
+    def _lost_records(
+        self, attached: dict[PantryAddress, set[str] | None]
+    ) -> list[UserDataExport]:
         """Live, unmarked records on an answering in-service pantry that no longer
-        holds their volume (it restarted). One query, one status call per pantry."""
+        holds their volume (it restarted). One query."""
         from udx.datastore import exports
 
         with self.db.connect() as conn:
             live = exports.list_exports(conn, states=[ExportState.LIVE])
-        by_pantry: dict[PantryAddress, list[UserDataExport]] = {}
-        wanted = set(in_service)
+        lost: list[UserDataExport] = []
         for rec in live:
-            addr = rec.pantry_address
-            if addr in wanted and not rec.resource_deleted and addr is not None:
-                by_pantry.setdefault(addr, []).append(rec)
-        if not by_pantry:
-            return []
-        # Probe the pantries at once: a few dead ones must not add a timeout each.
+            held = attached.get(rec.pantry_address) if rec.pantry_address else None
+            if held is not None and not rec.resource_deleted and (
+                str(rec.volume_id).lower() not in held
+            ):
+                lost.append(rec)
+        return lost
+
+    # --- the orphan sweep -----------------------------------------------------------------
+
+    def _orphans(
+        self, attached: dict[PantryAddress, set[str] | None], *, write: bool
+    ) -> tuple[datetime, dict[PantryAddress, dict[str, datetime]]]:
+        """Now, and each answering pantry's orphaned attachments with when they were
+        first seen orphaned (`now` for new ones). With `write`, the sweep's memory
+        (table orphan_attachment) is brought up to date in the same transaction;
+        without (dry run), only read. The pantries were probed before this reads
+        the database (see udx.datastore.orphans for why that order is safe)."""
+        from udx.datastore import orphans
+        from udx.db.types import utcnow
+
+        answering = {a: v for a, v in attached.items() if v is not None}
+
+        def txn(conn: Any) -> tuple[datetime, dict[tuple[str, str], datetime]]:
+            now = utcnow()
+            free = orphans.unaccounted(conn, set().union(*answering.values()))
+            current = {a: {v for v in vols if v in free} for a, vols in answering.items()}
+            if write:
+                return now, orphans.remember(conn, current, now)
+            known = orphans.seen_since(conn, answering)
+            pairs = {(str(a), v) for a, vids in current.items() for v in vids}
+            return now, {k: known.get(k, now) for k in pairs}
+
+        if not answering:
+            return utcnow(), {}
+        if write:
+            now, seen = self.db.transaction(txn, name="orphan sweep")
+        else:
+            with self.db.connect() as conn:
+                now, seen = txn(conn)
+        by_name = {str(a): a for a in answering}
+        out: dict[PantryAddress, dict[str, datetime]] = {}
+        for (addr, vid), first in seen.items():
+            out.setdefault(by_name[addr], {})[vid] = first
+        return now, out
+
+    def _sweep_orphans(
+        self, attached: dict[PantryAddress, set[str] | None], status: PassStatus
+    ) -> None:
+        """Detach every attachment on an answering pantry that nothing has accounted
+        for since longer than the grace period; count them. One pantry's calls
+        share one retry budget, pantries are swept at once."""
         from concurrent.futures import ThreadPoolExecutor
 
-        addresses = sorted(by_pantry)
-        with ThreadPoolExecutor(max_workers=min(len(addresses), 16)) as pool:
-            answers = list(pool.map(self._attached_volumes, addresses))
-        lost: list[UserDataExport] = []
-        for addr, attached in zip(addresses, answers, strict=True):
-            if attached is None:
-                continue
-            lost += [r for r in by_pantry[addr] if str(r.volume_id).lower() not in attached]
-        return lost
+        from udx.datastore import orphans
+
+        try:
+            now, found = self._orphans(attached, write=True)
+        except UdxError as err:
+            status.errors.append(f"the orphan sweep failed: {err}")
+            return
+        cutoff = now - timedelta(seconds=self.orphan_grace_secs)
+        due = {
+            addr: sorted(v for v, first in vids.items() if first <= cutoff)
+            for addr, vids in found.items()
+        }
+        due = {a: v for a, v in due.items() if v}
+        if not due:
+            return
+        with ThreadPoolExecutor(max_workers=min(len(due), 16)) as pool:
+            results = list(pool.map(lambda a: self._detach_orphans(a, due[a]), sorted(due)))
+        detached: list[tuple[str, str]] = []
+        for addr, (done, error) in zip(sorted(due), results, strict=True):
+            for vid in done:
+                log.warning(
+                    "detached orphan attachment %s on pantry %s (orphaned since %s)",
+                    vid,
+                    addr,
+                    found[addr][vid].isoformat(),
+                )
+            detached += [(str(addr), v) for v in done]
+            if error is not None:
+                status.errors.append(f"orphan sweep on pantry {addr}: {error}")
+        status.orphans_detached += len(detached)
+        try:
+            self.db.transaction(lambda c: orphans.forget(c, detached), name="orphan sweep")
+        except UdxError as err:  # the next pass finds them gone and forgets them then
+            log.warning("could not forget %d detached orphans: %s", len(detached), err)
+
+    def _detach_orphans(
+        self, address: PantryAddress, volume_ids: list[str]
+    ) -> tuple[list[str], str | None]:
+        """Detach these volumes from one pantry, in order, stopping at the first
+        failure: (the ones detached, that failure or None)."""
+        from udx.pantry.client import PantryError, PantryGone
+        from udx.pantry.retry import RetryingPantry
+
+        done: list[str] = []
+        pantry = RetryingPantry(
+            address,
+            self.inventory,
+            timeout=self.request_timeout_secs,
+            budget_secs=self.retry_budget_secs,
+            transport=self.pantry_transport,
+        )
+        try:
+            for vid in volume_ids:
+                pantry.detach(uuid.UUID(vid))
+                done.append(vid)
+        except (PantryError, PantryGone) as err:
+            return done, f"detaching orphan attachment {volume_ids[len(done)]} failed: {err}"
+        finally:
+            pantry.close()
+        return done, None
 
     # --- the pass -------------------------------------------------------------------------------
 
@@ -227,14 +343,16 @@ class Coordinator:
                 )
             except UdxError as err:
                 status.errors.append(f"marking records on expunged pantries failed: {err}")
+            attached = self._probe(in_service)  # each pantry once per pass
             try:
-                lost = self._lost_records(in_service)
+                lost = self._lost_records(attached)
                 ids = [r.id for r in lost]
                 status.records_marked_lost = self.db.transaction(
                     lambda c: exports.mark_lost(c, ids), name="mark lost attachments"
                 )
             except UdxError as err:
                 status.errors.append(f"checking pantries for lost attachments failed: {err}")
+            self._sweep_orphans(attached, status)
 
         # 2. The changeset.
         try:
@@ -375,10 +493,29 @@ class Coordinator:
                 detail = f"pantry {rec.pantry_address} is not in service"
                 report.steps.append(_step("1-expunged", "mark for deletion", rec, detail))
                 to_delete[rec.id] = rec
-            for rec in self._lost_records(in_service):
+            attached = self._probe(in_service)
+            for rec in self._lost_records(attached):
                 detail = f"pantry {rec.pantry_address} lost volume {rec.volume_id}"
                 report.steps.append(_step("1-lost", "mark for deletion", rec, detail))
                 to_delete[rec.id] = rec
+            now, found = self._orphans(attached, write=False)
+            cutoff = now - timedelta(seconds=self.orphan_grace_secs)
+            for addr in sorted(found):
+                for vid, first in sorted(found[addr].items()):
+                    if first <= cutoff:
+                        action = "detach the orphan attachment"
+                        when = f"orphaned since {first.isoformat()}"
+                    else:
+                        action = "keep the orphan attachment (grace period)"
+                        when = (
+                            f"first seen orphaned {first.isoformat()}; detached from "
+                            f"{(first + timedelta(seconds=self.orphan_grace_secs)).isoformat()}"
+                        )
+                    report.steps.append(
+                        PlannedStep(
+                            "1-orphans", action, detail=f"pantry {addr} volume {vid}: {when}"
+                        )
+                    )
         with self.db.connect() as conn:
             cs = changeset_sql.preview(conn)
         for rec in cs.would_mark:

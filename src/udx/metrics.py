@@ -56,6 +56,12 @@ def render_metrics(status: PassStatus, *, now: float | None = None) -> str:
         "gauge",
         [("", len(status.records_bypassed_ok))],
     )
+    metric(
+        "pass_orphans_detached",
+        "Attachments no record or running saga accounted for, detached by the last pass.",
+        "gauge",
+        [("", status.orphans_detached)],
+    )
     metric("pass_errors", "Errors in the last pass.", "gauge", [("", len(status.errors))])
     metric(
         "pass_success",

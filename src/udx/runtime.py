@@ -57,6 +57,8 @@ def build_runtime(
         inv,
         executor,
         request_timeout_secs=settings.pantry.request_timeout_secs,
+        retry_budget_secs=settings.pantry.retry_budget_secs,
+        orphan_grace_secs=settings.coordinator.orphan_grace_secs,
         pantry_transport=transport,
     )
     return Runtime(db, inv, executor, coordinator)

@@ -151,6 +151,7 @@ def _render_status(status: PassStatus) -> None:
     summary.add_row("records marked lost (pantry restarted)", str(status.records_marked_lost))
     summary.add_row("records bypassed to deleted", str(len(status.records_bypassed_ok)))
     summary.add_row("sagas recovered", str(status.sagas_recovered))
+    summary.add_row("orphan attachments detached", str(status.orphans_detached))
     summary.add_row("errors", str(len(status.errors)))
     print_table(summary, "pass summary")
     for err in status.errors:
@@ -161,7 +162,8 @@ def _render_plan(report: DryRunReport) -> None:
     t = table("step", "would", "export", "resource", "detail", title="dry run: the pass would")
     for s in report.steps:
         resource = f"{s.resource_type} {s.resource_id}" if s.resource_type else "-"
-        t.add_row(s.step, s.action, s.export_id or "(new)", resource, s.detail)
+        export = s.export_id or ("(new)" if s.step.startswith("3") else "-")
+        t.add_row(s.step, s.action, export, resource, s.detail)
     print_table(t, f"dry run: the pass would ({len(report.steps)} steps)")
     if not report.steps:
         stdout_console().print("nothing to do")

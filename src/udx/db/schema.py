@@ -146,6 +146,19 @@ pantry = Table(
     CheckConstraint("state IN ('in_service', 'expunged')", name="pantry_state_valid"),
 )
 
+# The orphan sweep's memory (DESIGN.md section 4): when a pass first saw a pantry
+# holding an attachment that nothing accounts for. A row goes when the attachment
+# is detached or accounted for again; the sweep detaches it once first_seen is
+# older than [coordinator] orphan_grace_secs. Keyed by the pantry's canonical
+# "ip:port" / "[ipv6]:port" and the volume id as the pantry spells it, lowercased.
+orphan_attachment = Table(
+    "orphan_attachment",
+    metadata,
+    Column("pantry_address", Text, primary_key=True),
+    Column("volume_id", Text, primary_key=True),
+    Column("first_seen", UTCDateTime, nullable=False),
+)
+
 # --- the saga log (DESIGN.md section 5) -------------------------------------------------
 
 SAGA_STATES = ("running", "unwinding", "done", "abandoned")

@@ -1,0 +1,168 @@
+"""The orphan sweep (issue 14 item 2) on SQLite and PostgreSQL: an attachment that
+no record accounts for and no running saga owns is detached once it has been seen
+orphaned longer than the grace period; passes remember "seen" in
+orphan_attachment."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from udx import seed
+from udx.datastore import exports, saga_log
+from udx.db.schema import orphan_attachment, user_data_export
+from udx.db.types import utcnow
+from udx.domain.model import ExportState
+
+VCR = {"type": "file", "block_size": 512, "id": "x", "path": "/nowhere"}
+
+
+def _seen(db) -> dict[tuple[str, str], object]:
+    with db.connect() as conn:
+        return {
+            (a, v): t
+            for a, v, t in conn.execute(
+                select(
+                    orphan_attachment.c.pantry_address,
+                    orphan_attachment.c.volume_id,
+                    orphan_attachment.c.first_seen,
+                )
+            )
+        }
+
+
+def _age(db, secs: float) -> None:
+    """Every remembered orphan was first seen `secs` earlier (instead of sleeping)."""
+    seen = _seen(db)
+    with db.begin() as conn:
+        for (a, v), t in seen.items():
+            conn.execute(
+                update(orphan_attachment)
+                .where(orphan_attachment.c.pantry_address == a, orphan_attachment.c.volume_id == v)
+                .values(first_seen=t - timedelta(seconds=secs))
+            )
+
+
+def _running_saga_owning(db, volume_id: str) -> None:
+    """A create saga another process is running, that has logged its volume id."""
+    sid = uuid.uuid4()
+    now = utcnow()
+    with db.begin() as conn:
+        saga_log.insert(
+            conn,
+            saga_id=sid,
+            name="export-create",
+            params_json=json.dumps({"export_id": str(uuid.uuid4())}),
+            sec_id=uuid.uuid4(),
+            now=now,
+            lease_expires=now + timedelta(hours=1),
+        )
+        saga_log.append_event(
+            conn,
+            saga_id=sid,
+            node_id="generate_ids",
+            event_type="succeeded",
+            data=json.dumps({"lock_id": str(uuid.uuid4()), "volume_id": volume_id}),
+            creator=uuid.uuid4(),
+            now=now,
+        )
+
+
+def test_sweep_detaches_only_what_nothing_accounts_for_after_the_grace(
+    db, registered, make_runtime, settings
+):
+    settings.coordinator.orphan_grace_secs = 60
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=2, project_images=0)
+    first = make_runtime().coordinator.run_pass()
+    assert first.errors == [] and first.orphans_detached == 0
+    with db.connect() as conn:
+        live, deleting = exports.list_exports(conn, states=[ExportState.LIVE])
+    with db.begin() as conn:  # a delete saga holds this one: still accounted for
+        conn.execute(
+            update(user_data_export)
+            .where(user_data_export.c.id == deleting.id)
+            .values(state="deleting", operating_saga_id=uuid.uuid4())
+        )
+    sim = registered[0]
+    orphan, owned = str(uuid.uuid4()), str(uuid.uuid4())
+    for vid in (orphan, owned, "not-a-uuid"):
+        sim.attach(vid, VCR)
+    _running_saga_owning(db, owned)
+    detaches = sim.total_detach_calls
+
+    # First sighting: remembered, not detached.
+    status = make_runtime().coordinator.run_pass()
+    assert status.errors == [] and status.orphans_detached == 0
+    assert set(_seen(db)) == {(str(sim.address), orphan)}
+    # The dry run lists it, and what it would do.
+    plan = make_runtime().coordinator.plan()
+    steps = [s for s in plan.steps if s.step == "1-orphans"]
+    assert len(steps) == 1 and orphan in steps[0].detail
+    assert steps[0].action == "keep the orphan attachment (grace period)"
+    # The memory holds across passes: a later pass within the grace keeps first_seen.
+    before = _seen(db)
+    make_runtime().coordinator.run_pass()
+    assert _seen(db) == before
+
+    _age(db, 120)
+    plan = make_runtime().coordinator.plan()
+    steps = [s for s in plan.steps if s.step == "1-orphans"]
+    assert [s.action for s in steps] == ["detach the orphan attachment"]
+    assert _seen(db) == {k: t - timedelta(seconds=120) for k, t in before.items()}  # untouched
+
+    status = make_runtime().coordinator.run_pass()
+    assert status.errors == [] and status.orphans_detached == 1
+    assert status.to_json()["orphans_detached"] == 1
+    assert orphan not in sim.attachments
+    assert sim.total_detach_calls == detaches + 1  # that one, nothing else
+    everywhere = {v for s in registered for v in s.attachments}
+    assert {str(live.volume_id), str(deleting.volume_id), owned, "not-a-uuid"} <= everywhere
+    assert _seen(db) == {}
+
+
+def test_an_orphan_accounted_for_again_is_forgotten(db, registered, make_runtime, settings):
+    settings.coordinator.orphan_grace_secs = 60
+    sim = registered[1]
+    vid = str(uuid.uuid4())
+    sim.attach(vid, VCR)
+    make_runtime().coordinator.run_pass()
+    assert set(_seen(db)) == {(str(sim.address), vid)}
+    _running_saga_owning(db, vid)  # e.g. the memory of a saga another pass adopted
+    _age(db, 120)
+    status = make_runtime().coordinator.run_pass()
+    assert status.orphans_detached == 0 and vid in sim.attachments
+    assert _seen(db) == {}  # its grace starts again if it is ever orphaned
+
+
+def test_a_pantry_that_does_not_answer_is_not_swept(db, registered, make_runtime, settings):
+    settings.coordinator.orphan_grace_secs = 0
+    sim = registered[2]
+    vid = str(uuid.uuid4())
+    sim.attach(vid, VCR)
+    sim.fail_next(1, 500, "GET")  # its status call fails: it did not answer
+    status = make_runtime().coordinator.run_pass()
+    assert status.orphans_detached == 0 and vid in sim.attachments
+    assert _seen(db) == {}
+    status = make_runtime().coordinator.run_pass()  # answering now, grace 0: at once
+    assert status.orphans_detached == 1 and vid not in sim.attachments
+
+
+def test_an_orphan_that_will_not_detach_is_an_error_and_stays_remembered(
+    db, registered, make_runtime, settings
+):
+    settings.coordinator.orphan_grace_secs = 0
+    sim = registered[0]
+    vid = str(uuid.uuid4())
+    sim.attach(vid, VCR)
+    sim.detach_503_times(1000)
+    status = make_runtime().coordinator.run_pass()
+    assert status.orphans_detached == 0
+    assert any("orphan" in e and vid in e for e in status.errors), status.errors
+    assert set(_seen(db)) == {(str(sim.address), vid)}
+    sim.detach_503_times(0)
+    status = make_runtime().coordinator.run_pass()
+    assert status.orphans_detached == 1 and status.errors == []
