@@ -32,6 +32,7 @@ _udx_is_command() {
         "export create") return 0 ;;
         "export delete") return 0 ;;
         "export list") return 0 ;;
+        "export release") return 0 ;;
         "export show") return 0 ;;
         "pantry") return 0 ;;
         "pantry add") return 0 ;;
@@ -40,11 +41,13 @@ _udx_is_command() {
         "pantry list") return 0 ;;
         "pantry-sim") return 0 ;;
         "pass") return 0 ;;
+        "pass history") return 0 ;;
         "saga") return 0 ;;
         "saga abandon") return 0 ;;
         "saga list") return 0 ;;
         "saga recover") return 0 ;;
         "saga resume") return 0 ;;
+        "saga retry-undo") return 0 ;;
         "saga show") return 0 ;;
     esac
     return 1
@@ -62,10 +65,11 @@ _udx_table() {
         "db status") words="--json -h --help"; value_opts="" ;;
         "db upgrade") words="-h --help"; value_opts="" ;;
         "demo") words="--pantries --snapshots -h --help"; value_opts="--pantries --snapshots" ;;
-        "export") words="create delete list show -h --help"; value_opts="" ;;
+        "export") words="create delete list release show -h --help"; value_opts="" ;;
         "export create") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export delete") words="--yes -y --json -h --help"; value_opts="" ;;
         "export list") words="--state --resource-type --json -h --help"; value_opts="--state --resource-type" ;;
+        "export release") words="--saga --yes -y --json -h --help"; value_opts="--saga" ;;
         "export show") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "pantry") words="add affected expunge list -h --help"; value_opts="" ;;
         "pantry add") words="-h --help"; value_opts="" ;;
@@ -73,12 +77,14 @@ _udx_table() {
         "pantry expunge") words="--yes -y -h --help"; value_opts="" ;;
         "pantry list") words="--no-check --json -h --help"; value_opts="" ;;
         "pantry-sim") words="--listen --latency --quiet -q -h --help"; value_opts="--listen --latency" ;;
-        "pass") words="--dry-run --concurrency --json --metrics-file -h --help"; value_opts="--concurrency --metrics-file" ;;
-        "saga") words="abandon list recover resume show -h --help"; value_opts="" ;;
-        "saga abandon") words="--reason --comment --yes -y -h --help"; value_opts="--reason --comment" ;;
-        "saga list") words="--state --name --json -h --help"; value_opts="--state --name" ;;
+        "pass") words="history --dry-run --concurrency --json --metrics-file -h --help"; value_opts="--concurrency --metrics-file" ;;
+        "pass history") words="--limit --json -h --help"; value_opts="--limit" ;;
+        "saga") words="abandon list recover resume retry-undo show -h --help"; value_opts="" ;;
+        "saga abandon") words="--reason --comment --force --yes -y -h --help"; value_opts="--reason --comment" ;;
+        "saga list") words="--state --name --export --since --limit --all --json -h --help"; value_opts="--state --name --export --since --limit" ;;
         "saga recover") words="--json -h --help"; value_opts="" ;;
         "saga resume") words="--json -h --help"; value_opts="" ;;
+        "saga retry-undo") words="--json -h --help"; value_opts="" ;;
         "saga show") words="--json -h --help"; value_opts="" ;;
     esac
 }

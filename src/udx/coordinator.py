@@ -66,6 +66,8 @@ class PassStatus:
     errors: list[str] = field(default_factory=list)
     sagas_recovered: int = 0
     orphans_detached: int = 0
+    started: str | None = None  # ISO 8601 UTC, when the pass began
+    duration_secs: float | None = None
     # Not in the JSON: tells the CLI to exit 3 (inventory unreachable), not 1.
     inventory_unavailable: bool = field(default=False, repr=False)
 
@@ -73,6 +75,24 @@ class PassStatus:
     def failed(self) -> bool:
         sagas = [*self.create_invoked_ok, *self.delete_invoked_ok]
         return bool(self.errors) or any(s.outcome in FAILED_OUTCOMES for s in sagas)
+
+    def counts(self) -> dict[str, Any]:
+        """The numbers of this pass, for the pass history: sagas by kind and
+        outcome, records marked and bypassed, sagas recovered, errors."""
+        from collections import Counter
+
+        sagas: Counter[str] = Counter()
+        for kind, items in (("create", self.create_invoked_ok), ("delete", self.delete_invoked_ok)):
+            sagas.update(f"{kind}:{i.outcome}" for i in items)
+        return {
+            "sagas": dict(sorted(sagas.items())),
+            "records_marked_for_deletion": self.records_marked_for_deletion,
+            "records_marked_lost": self.records_marked_lost,
+            "records_bypassed": len(self.records_bypassed_ok),
+            "sagas_recovered": self.sagas_recovered,
+            "orphans_detached": self.orphans_detached,
+            "errors": len(self.errors),
+        }
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -308,7 +328,14 @@ class Coordinator:
     # --- the pass -------------------------------------------------------------------------------
 
     def run_pass(self, *, progress: ProgressFn | None = None) -> PassStatus:
+        import time
+
+        from udx.db.types import utcnow
+
+        started, t0 = utcnow(), time.monotonic()
         status = self._run_pass(progress)
+        status.started = started.isoformat()
+        status.duration_secs = round(time.monotonic() - t0, 3)
         # Errors go to the log too, so cron mail and log shippers see a failing
         # pass even when stdout is JSON nobody reads.
         for err in status.errors:

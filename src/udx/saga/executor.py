@@ -254,6 +254,33 @@ class SagaExecutor:
         gen, state = adopted
         return self._drive(_Run(saga_id, definition, params_json, gen), state)
 
+    def retry_undo(self, saga_id: uuid.UUID) -> tuple[SagaResult, str | None]:
+        """Run a stuck saga's failed undo again (its cause was fixed) and finish
+        unwinding; returns the result and the earlier undo error.
+
+        NotFound: no such saga. Conflict: not stuck. SagaUnrecoverable: this
+        process cannot run it.
+        """
+        with self.db.connect() as conn:
+            rec = saga_log.get_required(conn, saga_id)
+            evs = saga_log.events(conn, saga_id)
+        if rec.saga_state != "done" or rec.outcome != "stuck":
+            status = rec.saga_state + (f" ({rec.outcome})" if rec.outcome else "")
+            raise Conflict(f"saga {saga_id} is {status}, not stuck: no undo to retry")
+        definition, params_json = self._resolve(rec, evs)
+
+        def txn(conn: Connection) -> tuple[int, str | None] | None:
+            now = utcnow()
+            lease = now + timedelta(seconds=self.lease_secs)
+            return saga_log.reopen_stuck(conn, saga_id, self.sec_id, now=now, lease_expires=lease)
+
+        reopened = self.db.transaction(txn, name="saga retry undo", isolation=LOG_ISOLATION)
+        if reopened is None:
+            raise Conflict(f"saga {saga_id} is no longer stuck (someone else retried it)")
+        gen, previous = reopened
+        log.warning("saga %s: retrying its failed undo (was: %s)", saga_id, previous)
+        return self._drive(_Run(saga_id, definition, params_json, gen), "unwinding"), previous
+
     def recover(self) -> list[SagaResult]:
         """Adopt and finish every running/unwinding saga whose owner's lease expired.
 
