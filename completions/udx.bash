@@ -31,6 +31,7 @@ _udx_is_command() {
         "export") return 0 ;;
         "export create") return 0 ;;
         "export delete") return 0 ;;
+        "export diagnose") return 0 ;;
         "export list") return 0 ;;
         "export release") return 0 ;;
         "export show") return 0 ;;
@@ -49,12 +50,14 @@ _udx_is_command() {
         "saga resume") return 0 ;;
         "saga retry-undo") return 0 ;;
         "saga show") return 0 ;;
+        "status") return 0 ;;
+        "whatis") return 0 ;;
     esac
     return 1
 }
 _udx_table() {
     case "$1" in
-        "") words="changeset config db demo export pantry pantry-sim pass saga --db --config -v --verbose --log-format -h --help"; value_opts="--db --config --log-format" ;;
+        "") words="changeset config db demo export pantry pantry-sim pass saga status whatis --db --config -v --verbose --log-format -h --help"; value_opts="--db --config --log-format" ;;
         "changeset") words="--json -h --help"; value_opts="" ;;
         "config") words="init show -h --help"; value_opts="" ;;
         "config init") words="--force -h --help"; value_opts="" ;;
@@ -65,9 +68,10 @@ _udx_table() {
         "db status") words="--json -h --help"; value_opts="" ;;
         "db upgrade") words="-h --help"; value_opts="" ;;
         "demo") words="--pantries --snapshots -h --help"; value_opts="--pantries --snapshots" ;;
-        "export") words="create delete list release show -h --help"; value_opts="" ;;
+        "export") words="create delete diagnose list release show -h --help"; value_opts="" ;;
         "export create") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export delete") words="--yes -y --json -h --help"; value_opts="" ;;
+        "export diagnose") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export list") words="--state --resource-type --json -h --help"; value_opts="--state --resource-type" ;;
         "export release") words="--saga --yes -y --json -h --help"; value_opts="--saga" ;;
         "export show") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
@@ -86,6 +90,8 @@ _udx_table() {
         "saga resume") words="--json -h --help"; value_opts="" ;;
         "saga retry-undo") words="--json -h --help"; value_opts="" ;;
         "saga show") words="--json -h --help"; value_opts="" ;;
+        "status") words="--json -h --help"; value_opts="" ;;
+        "whatis") words="--json -h --help"; value_opts="" ;;
     esac
 }
 complete -o default -F _udx udx

@@ -27,18 +27,25 @@ def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
         sys.stdout.write(text)
         sys.stdout.write("\n")
         return
+    from udx.cli.render import export_rows, holding_sagas
+
     with db.connect() as conn:
         result = cs.preview(conn)
+        if not as_json:
+            sagas = holding_sagas(conn, [*result.delete_required, *result.would_mark])
     if as_json:
         print_json(result.to_json(include_would_mark=True))
         return
-    from udx.cli.render import export_rows
 
     t = table("resource type", "resource id", title="request required")
     for ref in result.request_required:
         t.add_row(ref.resource_type.value, str(ref.resource_id))
     print_table(t, f"request required ({len(result.request_required)})")
     export_rows(result.create_required, f"create required ({len(result.create_required)})")
-    export_rows(result.delete_required, f"delete required ({len(result.delete_required)})")
+    export_rows(
+        result.delete_required, f"delete required ({len(result.delete_required)})", sagas
+    )
     if result.would_mark:
-        export_rows(result.would_mark, f"would be marked for deletion ({len(result.would_mark)})")
+        export_rows(
+            result.would_mark, f"would be marked for deletion ({len(result.would_mark)})", sagas
+        )

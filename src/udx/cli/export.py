@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from udx.cli.common import print_json, print_table, state, stdout_console, table
 
 if TYPE_CHECKING:
+    from udx.domain.model import UserDataExport
     from udx.exports_ops import ExportOpResult
 
 app = typer.Typer(
@@ -23,7 +26,7 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List export records."""
-    from udx.cli.render import export_rows
+    from udx.cli.render import export_rows, holding_sagas
     from udx.datastore import exports
     from udx.domain.model import ExportState, ResourceType
 
@@ -32,10 +35,21 @@ def list_(
     db = state().database()
     with db.connect() as conn:
         records = exports.list_exports(conn, states=wanted, resource_type=kind)
+        sagas = holding_sagas(conn, records)
     if as_json:
-        print_json([r.to_json() for r in records])
+        print_json([_with_saga(r, sagas) for r in records])
         return
-    export_rows(records, f"export records ({len(records)})")
+    export_rows(records, f"export records ({len(records)})", sagas)
+
+
+def _with_saga(rec: UserDataExport, sagas: Mapping[uuid.UUID, uuid.UUID]) -> dict[str, Any]:
+    """The record's JSON plus `saga_id`: the saga holding it (its lock is
+    `operating_saga_id`), or null."""
+    out = rec.to_json()
+    lock = rec.operating_saga_id
+    saga = sagas.get(lock) if lock is not None else None
+    out["saga_id"] = str(saga) if saga is not None else None
+    return out
 
 
 @app.command("show")
@@ -46,6 +60,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show one export record, by id or by resource (with its earlier records)."""
+    from udx.cli.render import holding_sagas
     from udx.datastore import exports
     from udx.domain.errors import BadInput, NotFound
     from udx.domain.model import ResourceType, parse_uuid
@@ -68,14 +83,15 @@ def show(
                 raise NotFound(f"no export record for {kind.value} {rid}")
             current = [r for r in history if r.state.value != "deleted"]
             rec = current[0] if current else history[-1]
+        sagas = holding_sagas(conn, [rec])
     if as_json:
-        out = rec.to_json()
+        out = _with_saga(rec, sagas)
         if by_resource:
             out["history"] = [r.to_json() for r in history if r.id != rec.id]
         print_json(out)
         return
     t = table("field", "value", title=f"export {rec.id}")
-    for key, value in rec.to_json().items():
+    for key, value in _with_saga(rec, sagas).items():
         t.add_row(key, "-" if value is None else str(value))
     print_table(t, f"export {rec.id}")
     others = [r for r in history if r.id != rec.id]
