@@ -7,7 +7,7 @@ complete -c udx -n '__fish_use_subcommand' -a demo -d 'Seed a small fleet, start
 complete -c udx -n '__fish_use_subcommand' -a export -d 'List, show, create and delete user data export records.'
 complete -c udx -n '__fish_use_subcommand' -a pantry -d 'Pantries: health, affected records, inventory.'
 complete -c udx -n '__fish_use_subcommand' -a pantry-sim -d 'Run a simulated Crucible Pantry (attach, volume status, detach, status).'
-complete -c udx -n '__fish_use_subcommand' -a pass -d 'Run one coordinator pass (`udx pass`), or show past passes (`udx pass history`).'
+complete -c udx -n '__fish_use_subcommand' -a pass -d 'Run one coordinator pass: mark, compute the changeset, create and delete exports'
 complete -c udx -n '__fish_use_subcommand' -a saga -d 'Inspect, resume, recover, abandon and retry sagas.'
 complete -c udx -n '__fish_use_subcommand' -a status -d 'The whole system at a glance: the last pass, totals over the history, records by'
 complete -c udx -n '__fish_use_subcommand' -a whatis -d 'Say what an id is: an export, a snapshot or image, a saga, a saga\'s lock id, a '

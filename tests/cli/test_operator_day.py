@@ -355,3 +355,68 @@ def test_pass_history_and_the_pass_json_times(
     summary = cli("pass").stdout
     assert "duration" in summary and "started" in summary
     del eid
+
+
+# --- Ctrl-C, metrics ----------------------------------------------------------------------------
+
+
+def test_ctrl_c_reports_what_finished_and_what_was_left(
+    cli: Udx, db: Database, db_url: str, sims: list[SimulatedPantry], tmp_path: Any
+) -> None:
+    import signal
+    import time
+
+    from sqlalchemy import func, select
+
+    from .test_stuck_exports import _udx_subprocess
+
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=6)
+    for sim in sims:
+        sim.set_latency(0.3)
+    proc = _udx_subprocess(tmp_path, db_url, ["pass", "--concurrency", "1"])
+    deadline = time.monotonic() + 60
+    while True:
+        with db.connect() as conn:
+            done = conn.execute(
+                select(func.count()).where(saga.c.saga_state == "done")
+            ).scalar_one()
+        if done >= 1:
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("interrupted: ")]
+    finished = int(line.split()[1])
+    left = [ln for ln in out.splitlines() if ln.startswith("  not started: create export ")]
+    assert finished >= 1 and finished + len(left) == 6, out
+    assert "Traceback" not in err
+    for sim in sims:
+        sim.set_latency(0)
+    (run,) = cli.json("pass", "history")
+    assert (run["exit_code"], run["result"]) == (130, "interrupted")
+    status = cli.json("pass")  # the rest, next time
+    assert len(status["create_invoked_ok"]) == len(left)
+    assert check_invariants(db, {str(s.address): list(s.attachments) for s in sims}) == []
+
+
+def test_metrics_file_has_the_system_gauges(
+    cli: Udx, db: Database, sims: list[SimulatedPantry], tmp_path: Any
+) -> None:
+    eid = requested_record(db)
+    sid = crash_at(db, "export-create", {"export_id": str(eid)}, "attach")
+    cli.ok("saga", "abandon", str(sid), "--reason", "r", "--comment", "c", "--force", "--yes")
+    other = requested_record(db)
+    del other
+    prom = tmp_path / "udx.prom"
+    cli.ok("pass", "--metrics-file", str(prom))
+    text = prom.read_text()
+    assert 'udx_pass_sagas{saga="create",outcome="abandoned"} 0' in text
+    assert 'udx_pass_sagas{saga="create",outcome="succeeded"} 1' in text
+    assert 'udx_sagas{state="abandoned"} 1' in text
+    assert 'udx_sagas{state="running"} 0' in text
+    assert "udx_saga_oldest_running_age_seconds 0" in text
+    assert 'udx_records{state="live"} 1' in text and 'udx_records{state="assigning"} 1' in text
+    assert "udx_pass_duration_seconds " in text

@@ -16,9 +16,7 @@ if TYPE_CHECKING:
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(
-        help="Run one coordinator pass (`udx pass`), or show past passes (`udx pass history`).",
-    )
+    group = typer.Typer()  # its help is the pass's own docstring
     group.callback(invoke_without_command=True)(pass_)
     group.command("history")(history)
     app.add_typer(group, name="pass")
@@ -41,7 +39,9 @@ def pass_(
     exports. Exit 1 when the status has errors or a saga did not succeed.
 
     Every pass is recorded in the pass history (`udx pass history`) when it
-    starts and when it ends; a killed pass shows as "did not finish".
+    starts and when it ends; a killed pass shows as "did not finish". Ctrl-C
+    starts no more sagas, lets the running ones finish, prints what finished and
+    what was left, and exits 130.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -163,14 +163,23 @@ def _pass(
     else:
         _render_status(status)
     if metrics_file is not None:
-        from udx.metrics import write_metrics
+        from udx.metrics import system_gauges, write_metrics
 
         try:
-            write_metrics(metrics_file, status)
+            system = system_gauges(db)
+        except UdxError as err:  # the pass's own numbers still go out
+            import logging
+
+            logging.getLogger(__name__).warning("metrics without the system gauges: %s", err)
+            system = None
+        try:
+            write_metrics(metrics_file, status, system)
         except OSError as err:
             raise UdxError(
                 f"cannot write the metrics file {metrics_file}: {err.strerror or err}"
             ) from err
+    if status.interrupted:
+        raise typer.Exit(130)  # as a shell reports SIGINT
     if status.failed:
         _exit_unavailable_if_database_down(db)
         if status.inventory_unavailable:
@@ -237,11 +246,13 @@ def _run_with_progress(coordinator: Coordinator, show: bool) -> PassStatus:
 def _render_status(status: PassStatus) -> None:
     from collections import Counter
 
+    from udx.coordinator import OUTCOMES
+
     c = stdout_console()
     summary = table("item", "count", title="pass summary")
     creates = Counter(s.outcome for s in status.create_invoked_ok)
     deletes = Counter(s.outcome for s in status.delete_invoked_ok)
-    for outcome in ("succeeded", "skipped", "unwound", "stuck", "interrupted"):
+    for outcome in OUTCOMES:
         if creates[outcome]:
             summary.add_row(f"create sagas {outcome}", str(creates[outcome]))
         if deletes[outcome]:
@@ -261,6 +272,25 @@ def _render_status(status: PassStatus) -> None:
     print_table(summary, "pass summary")
     for err in status.errors:
         c.print(f"error: {err}", markup=False)
+    if status.interrupted:
+        _render_interrupted(status)
+
+
+def _render_interrupted(status: PassStatus) -> None:
+    """After Ctrl-C: what finished and what was left."""
+    c = stdout_console()
+    done = [*status.create_invoked_ok, *status.delete_invoked_ok]
+    c.print(
+        f"interrupted: {len(done)} saga(s) finished, {len(status.not_started)} not started "
+        "(the next pass runs them)",
+        markup=False,
+    )
+    for inv in status.not_started:
+        c.print(
+            f"  not started: {inv.outcome.split()[0]} export {inv.export_id} "
+            f"({inv.resource_type} {inv.resource_id})",
+            markup=False,
+        )
 
 
 def _render_plan(report: DryRunReport) -> None:

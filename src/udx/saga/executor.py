@@ -73,6 +73,17 @@ class Checkpoint(NamedTuple):
 CheckpointHook = Callable[[Checkpoint], None]
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `run_many`: `results` holds, in input order, the result of
+    each saga that ran, and None for each that never started."""
+
+    def __init__(self, futures: list[Any]) -> None:
+        super().__init__("interrupted")
+        self.results: list[SagaResult | None] = [
+            f.result() if f.done() and not f.cancelled() else None for f in futures
+        ]
+
+
 class _Stop(Exception):
     """This executor must stop driving the saga (abandoned, adopted elsewhere, log down)."""
 
@@ -224,7 +235,21 @@ class SagaExecutor:
         with ThreadPoolExecutor(
             max_workers=min(self.max_workers, len(prepared)), thread_name_prefix="saga"
         ) as pool:
-            return list(pool.map(one, prepared))
+            futures = [pool.submit(one, p) for p in prepared]
+            try:
+                return [f.result() for f in futures]
+            except KeyboardInterrupt:
+                # Ctrl-C: start nothing more; the sagas already running finish
+                # (leaving the pool waits for them) unless a second Ctrl-C stops
+                # the process, when recovery finishes them later.
+                pool.shutdown(wait=False, cancel_futures=True)
+                running = sum(1 for f in futures if f.running())
+                log.warning(
+                    "interrupted: waiting for the %d running saga(s) to finish "
+                    "(Ctrl-C again to stop at once; the next pass finishes them)",
+                    running,
+                )
+        raise RunInterrupted(futures)  # after the pool waited for the running ones
 
     def resume(self, saga_id: uuid.UUID) -> SagaResult:
         """Adopt one saga (its owner's lease must have expired, or be this executor's)
