@@ -539,8 +539,23 @@ class Coordinator:
         """What `run_pass` would do, writing nothing and starting no saga."""
         from udx.datastore import changeset as changeset_sql
         from udx.datastore import exports
+        from udx.datastore.export_locks import held_by_dead_sagas
 
         report = DryRunReport()
+        # Records no pass will ever move on its own: say so, with the way out.
+        with self.db.connect() as conn:
+            held = held_by_dead_sagas(conn)
+        for h in held:
+            report.steps.append(
+                PlannedStep(
+                    "0-held",
+                    f"skip (held by a {h['saga']} saga)",
+                    h["export_id"],
+                    h["resource_type"],
+                    h["resource_id"],
+                    f"saga {h['saga_id']}: udx export diagnose {h['export_id']}",
+                )
+            )
         # Records step 1 would mark join delete_required, as they would after marking.
         to_delete: dict[uuid.UUID, UserDataExport] = {}
         in_service = self._in_service(report)

@@ -178,6 +178,8 @@ def _pantry_view(
     except UdxError as err:
         view["in_service"] = None
         view["inventory_error"] = str(err)
+    if view["in_service"] is False:
+        return view  # not asked: an expunged pantry may be gone for good (a timeout)
     client = PantryClient(address, timeout=timeout, transport=transport)
     try:
         status = client.volume_status(volume_id)

@@ -7,14 +7,12 @@ sagas that will never finish) and one concurrent status probe of the pantries.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, func, or_, select
 
-from udx.db.schema import export_saga_lock, saga, user_data_export
+from udx.db.schema import saga, user_data_export
 
 if TYPE_CHECKING:
     from udx.datastore.pass_runs import PassRun
@@ -80,31 +78,6 @@ def records_by_state(conn: Connection) -> dict[str, int]:
     return counts
 
 
-def held_by_dead_sagas(conn: Connection) -> list[dict[str, str]]:
-    """Locked records whose saga is stuck or abandoned (one join)."""
-    t, lk = user_data_export, export_saga_lock
-    dead = or_(
-        saga.c.saga_state == "abandoned",
-        and_(saga.c.saga_state == "done", saga.c.outcome == "stuck"),
-    )
-    rows = conn.execute(
-        select(t.c.id, t.c.state, saga.c.id, saga.c.saga_state, saga.c.outcome)
-        .join(lk, lk.c.lock_id == t.c.operating_saga_id)
-        .join(saga, saga.c.id == lk.c.saga_id)
-        .where(t.c.state.in_(("assigning", "deleting")), dead)
-        .order_by(t.c.id)
-    )
-    return [
-        {
-            "export_id": str(r[0]),
-            "state": r[1],
-            "saga_id": str(r[2]),
-            "saga": "abandoned" if r[3] == "abandoned" else str(r[4]),
-        }
-        for r in rows
-    ]
-
-
 def saga_counts(conn: Connection, now: dt.datetime) -> tuple[dict[str, int], int, float | None]:
     """({running, stuck, abandoned}, running with an expired lease, oldest running age)."""
     active = saga.c.saga_state.in_(("running", "unwinding"))
@@ -126,16 +99,6 @@ def saga_counts(conn: Connection, now: dt.datetime) -> tuple[dict[str, int], int
     age = (now - oldest).total_seconds() if oldest is not None else None
     counts = {"running": int(row[0]), "stuck": int(row[1]), "abandoned": int(row[2])}
     return counts, int(row[3]), age
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _probe(inventory: Inventory, timeout: float, transport: Any) -> tuple[int, list[str]]:
@@ -167,7 +130,7 @@ def _probe(inventory: Inventory, timeout: float, transport: Any) -> tuple[int, l
 def system_status(
     db: Database, inventory: Inventory, *, timeout: float = 2.0, transport: Any = None
 ) -> SystemStatus:
-    from udx.datastore import pass_runs
+    from udx.datastore import export_locks, pass_runs
     from udx.db.types import utcnow
     from udx.domain.errors import UdxError
 
@@ -176,15 +139,10 @@ def system_status(
         recent = pass_runs.recent(conn, 1)
         totals = pass_runs.totals(conn)
         records = records_by_state(conn)
-        held = held_by_dead_sagas(conn)
+        held = export_locks.held_by_dead_sagas(conn)
         sagas, expired, oldest = saga_counts(conn, now)
     last = recent[0] if recent else None
-    running = (
-        last is not None
-        and last.finished is None
-        and last.host == socket.gethostname()
-        and _pid_alive(last.pid)
-    )
+    running = last is not None and last.running
     inventory_error = None
     try:
         in_service, silent = _probe(inventory, timeout, transport)

@@ -123,6 +123,10 @@ def test_release_a_stuck_create_saga_then_the_next_pass_makes_it_live(
     assert rec.state is ExportState.ASSIGNING and rec.operating_saga_id is not None
     vid = copy_volume_of(db, sid)
     assert sum(str(vid) in s.attachments for s in sims) == 1
+    # The dry run says the record is held, and how to get it out.
+    plan = cli.json("pass", "--dry-run")["steps"]
+    assert [(p["step"], p["export_id"]) for p in plan] == [("0-held", str(eid))]
+    assert plan[0]["detail"] == f"saga {sid}: udx export diagnose {eid}"
     # Shown by the saga id, not the lock id.
     assert cli.json("saga", "list", "--export", str(eid))[0]["id"] == str(sid)
 

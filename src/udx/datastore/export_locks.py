@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import Connection, and_, bindparam, or_, select, text
 
-from udx.db.schema import export_saga_lock
+from udx.db.schema import export_saga_lock, saga, user_data_export
 from udx.db.types import utcnow
 
 t = export_saga_lock
@@ -84,3 +84,38 @@ def exports_of_sagas(conn: Connection, saga_ids: Iterable[uuid.UUID]) -> dict[uu
             }
         )
     return out
+
+
+def held_by_dead_sagas(conn: Connection) -> list[dict[str, str]]:
+    """Locked records whose saga is stuck or abandoned (one join)."""
+    u, lk = user_data_export, export_saga_lock
+    dead = or_(
+        saga.c.saga_state == "abandoned",
+        and_(saga.c.saga_state == "done", saga.c.outcome == "stuck"),
+    )
+    rows = conn.execute(
+        select(
+            u.c.id,
+            u.c.state,
+            saga.c.id,
+            saga.c.saga_state,
+            saga.c.outcome,
+            u.c.resource_type,
+            u.c.resource_id,
+        )
+        .join(lk, lk.c.lock_id == u.c.operating_saga_id)
+        .join(saga, saga.c.id == lk.c.saga_id)
+        .where(u.c.state.in_(("assigning", "deleting")), dead)
+        .order_by(u.c.id)
+    )
+    return [
+        {
+            "export_id": str(r[0]),
+            "state": r[1],
+            "saga_id": str(r[2]),
+            "saga": "abandoned" if r[3] == "abandoned" else str(r[4]),
+            "resource_type": r[5],
+            "resource_id": str(r[6]),
+        }
+        for r in rows
+    ]

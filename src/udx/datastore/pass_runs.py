@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +41,22 @@ class PassRun:
         return round((self.finished - self.started).total_seconds(), 3)
 
     @property
+    def running(self) -> bool:
+        """Unfinished, and its process is alive on this host (a pass still going)."""
+        if self.finished is not None or self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    @property
     def result(self) -> str:
         if self.finished is None:
-            return "did not finish"
+            return "running" if self.running else "did not finish"
         return {0: "ok", 1: "failed", 2: "bad input", 3: "unavailable", 130: "interrupted"}.get(
             self.exit_code if self.exit_code is not None else -1, f"exit {self.exit_code}"
         )
