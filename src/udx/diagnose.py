@@ -238,8 +238,8 @@ def _conclude(d: Diagnosis) -> None:
             d.command = release
         elif s.outcome == "stuck":
             d.verdict = (
-                f"saga {s.id} is stuck: {h.error or 'an undo failed'} (node {h.failed_node}); "
-                f"fix the cause, then `udx saga retry-undo {s.id}`, or release the record"
+                f"saga {s.id} is stuck (the undo of node {h.failed_node} failed, see error): "
+                f"fix the cause, then retry it, or `{release}`"
             )
             d.command = f"udx saga retry-undo {s.id}"
         else:

@@ -140,7 +140,14 @@ def _render_diagnosis(d: object) -> None:
             ("failing node", h.failed_node or "-"),
             ("error", h.error or "-"),
             ("owner", str(s.current_sec) if s.current_sec else "-"),
-            ("owner's lease", "alive" if h.lease_alive else "expired"),
+            (
+                "owner's lease",
+                "- (done)"
+                if s.saga_state in ("done", "abandoned")
+                else "alive"
+                if h.lease_alive
+                else "expired (the owner died)",
+            ),
         ]
         if s.saga_state == "abandoned":
             rows.append(("abandoned", f"{s.abandon_reason}: {s.abandon_comment}"))

@@ -266,7 +266,7 @@ def _render_status(status: PassStatus) -> None:
     summary.add_row("orphan attachments detached", str(status.orphans_detached))
     summary.add_row("errors", str(len(status.errors)))
     if status.started is not None:
-        summary.add_row("started", status.started)
+        summary.add_row("started", status.started[:19] + "Z")
     if status.duration_secs is not None:
         summary.add_row("duration", f"{status.duration_secs:.1f} s")
     print_table(summary, "pass summary")
