@@ -5,6 +5,7 @@ reference counts and the simulated pantries' attachments."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -171,3 +172,46 @@ def test_failed_attach_leaves_nothing_attached(db, sims, image_id):
     assert sum(s.total_attach_calls for s in sims) >= 1  # the pantry did attach...
     assert all(not s.attachments for s in sims)  # ...and the failing action detached it
     assert w.world(db, sims)["record"] == ("requested", True, False, False, False)
+
+
+def test_delete_saga_detach_is_fenced_after_its_volume_status(db, sims, image_id):
+    """The detach node asks the volume's status, then detaches. When another
+    process adopted the saga in between (this one was paused), the detach is not
+    sent: the adopter may have unwound the saga back to Live (issue 14 item 1)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from udx.datastore import saga_log
+    from udx.db.schema import saga
+    from udx.db.types import utcnow
+
+    w.reset_live_marked(db, sims, image_id)
+    params = w.delete_params(db)
+    taken: list[str] = []
+
+    def take_over(record) -> None:  # type: ignore[no-untyped-def]
+        if record.method != "GET" or "/volume/" not in record.path or taken:
+            return
+        with db.begin() as conn:
+            (sid,) = conn.execute(select(saga.c.id).where(saga.c.saga_state == "running")).one()
+            conn.execute(
+                update(saga).where(saga.c.id == sid).values(lease_expires=utcnow() - timedelta(1))
+            )
+            now = utcnow()
+            other = uuid.uuid4()
+            assert saga_log.adopt(conn, sid, other, now=now, lease_expires=now + timedelta(1))
+        taken.append(str(other))
+
+    for sim in sims:
+        sim.on_request = take_over
+    try:
+        with SagaExecutor(db, [DELETE_SAGA], deps=w.make_deps(db)) as ex:
+            result = ex.run(DELETE_SAGA.name, params)
+    finally:
+        for sim in sims:
+            sim.on_request = None
+    assert taken, "the volume status was never asked"
+    assert result.outcome == "interrupted" and taken[0] in (result.error or "")
+    assert sum(s.total_detach_calls for s in sims) == 0
+    assert w.world(db, sims)["attachments"] == 1
