@@ -254,10 +254,9 @@ class DeadlineTransport(httpx.HTTPTransport):
         # loaded; the pool used makes httpcore's default, verifying, TLS context
         # if a request is ever https.
         super().__init__(verify=False, trust_env=False)
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._pool = httpcore.ConnectionPool(
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
+            max_connections=100,  # httpx's default limits
+            max_keepalive_connections=20,
             keepalive_expiry=5.0,
             network_backend=_DeadlineBackend(),
         )

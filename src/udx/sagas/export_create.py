@@ -96,7 +96,10 @@ def pick_pantry(ctx: ActionContext) -> str:
 def attach(ctx: ActionContext) -> None:
     """Attach; on failure, detach before failing. A failed action's undo never
     runs, yet a POST that timed out (or ran out of budget) may still have attached
-    the volume: detaching here keeps "a failing action leaves nothing behind"."""
+    the volume: detaching here keeps "a failing action leaves nothing behind".
+    The cleanup shares the node's retry budget (what is left of it, or one short
+    attempt); should it fail, or the pantry attach late, the pass's orphan sweep
+    detaches the volume once nothing accounts for it."""
     address = PantryAddress.parse(ctx.output("pick_pantry"))
     copy = ctx.output("copy_volume")
     volume_id = uuid.UUID(copy["volume_id"])
