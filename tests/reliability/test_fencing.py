@@ -23,7 +23,15 @@ from udx.db.types import utcnow
 from udx.domain.model import ExportState
 from udx.testing.invariants import check_invariants
 
-from .conftest import finish, register, run_pass, seed_resources, start_udx, udx_env
+from .conftest import (
+    finish,
+    register,
+    run_pass,
+    seed_resources,
+    soft_delete,
+    start_udx,
+    udx_env,
+)
 from .pantry_proc import PantryProcess
 
 pytestmark = pytest.mark.slow
@@ -80,9 +88,12 @@ def _pause(proc: subprocess.Popen[str], db: Database, url: str) -> None:
 
 
 def _lease_expired(db: Database) -> bool:
+    """The one running saga's lease has run out."""
     with db.connect() as conn:
-        rows = conn.execute(select(saga.c.lease_expires, saga.c.saga_state)).all()
-    return len(rows) == 1 and rows[0][1] == "running" and rows[0][0] < utcnow()
+        rows = conn.execute(
+            select(saga.c.lease_expires).where(saga.c.saga_state == "running")
+        ).all()
+    return len(rows) == 1 and rows[0][0] < utcnow()
 
 
 def _attach_count(pantry: PantryProcess, vid: str) -> int:
@@ -202,3 +213,55 @@ def test_paused_pass_does_not_attach_the_volume_of_a_saga_its_adopter_unwound(
     assert check_invariants(db, pantry.attachments()) == []
     db.dispose()
 
+
+
+def test_paused_delete_saga_does_not_detach_a_record_its_adopter_put_back_live(
+    db_url: str, pantry: PantryProcess
+) -> None:
+    """The delete saga's side: paused while its detach keeps getting 503, adopted,
+    and unwound by the adopter (the pantry refuses the detach): the record is Live
+    again with its volume attached. The resumed pass must not send its retry."""
+    db = open_database(db_url)
+    register(db, pantry.addresses)
+    (ref,) = seed_resources(db, snapshots=1)
+    env = udx_env(
+        db_url, saga_lease_secs=1, pantry_request_timeout_secs=2, pantry_retry_budget_secs=300
+    )
+    created = run_pass(env)
+    assert created.outcomes() == {"create:succeeded": 1}, created.stderr[-2000:]
+    with db.connect() as conn:
+        (rec,) = exports.list_exports(conn)
+    vid = str(rec.volume_id).lower()
+    soft_delete(db, [ref])
+    pantry.call(0, "detach_503_times", 100000)
+    paused = start_udx(["pass", "--json"], env)
+    try:
+        _wait(
+            "the pass to retry its detach",
+            lambda: _detach_count(pantry, vid) >= 2 or paused.poll() is not None,
+        )
+        assert paused.poll() is None, finish(paused)
+        _pause(paused, db, db_url)
+        _wait("the paused pass's lease to expire", lambda: _lease_expired(db))
+        pantry.call(0, "detach_503_times", 0)
+        pantry.call(0, "fail_next", 100000, 400, "DELETE")
+        adopter = run_pass(env)
+        assert adopter.status is not None, adopter.stderr[-2000:]
+        assert adopter.status["sagas_recovered"] == 1
+        with db.connect() as conn:
+            (rec,) = exports.list_exports(conn)
+        assert rec.state is ExportState.LIVE and vid in pantry.volumes_over_http(0)
+        pantry.call(0, "fail_next", 0)  # a retried detach would now succeed
+        detaches = _detach_count(pantry, vid)
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    resumed = finish(paused)
+    assert resumed.status is not None, resumed.stderr[-2000:]
+    assert resumed.outcomes() == {"delete:interrupted": 1}, resumed.status
+    assert _detach_count(pantry, vid) == detaches
+    assert vid in pantry.volumes_over_http(0)
+    with db.connect() as conn:
+        (rec,) = exports.list_exports(conn)
+    assert rec.state is ExportState.LIVE
+    assert check_invariants(db, pantry.attachments()) == []
+    db.dispose()
