@@ -211,15 +211,22 @@ class Coordinator:
         with ThreadPoolExecutor(max_workers=min(len(addresses), 16)) as pool:
             return dict(zip(addresses, pool.map(self._attached_volumes, addresses), strict=True))
 
-    def _lost_records(
-        self, attached: dict[PantryAddress, set[str] | None]
-    ) -> list[UserDataExport]:
-        """Live, unmarked records on an answering in-service pantry that no longer
-        holds their volume (it restarted). One query."""
+    def _live_records(self) -> list[UserDataExport]:
+        """Live records, read BEFORE the pantries are probed: a record read as Live
+        had its volume attached before it went Live, so before the probe, and the
+        probe not listing it means the pantry lost it. Read after the probe, a
+        record another pass made Live in between would look lost."""
         from udx.datastore import exports
 
         with self.db.connect() as conn:
-            live = exports.list_exports(conn, states=[ExportState.LIVE])
+            return exports.list_exports(conn, states=[ExportState.LIVE])
+
+    @staticmethod
+    def _lost_records(
+        live: list[UserDataExport], attached: dict[PantryAddress, set[str] | None]
+    ) -> list[UserDataExport]:
+        """Among `live` (see _live_records), the unmarked records on an answering
+        in-service pantry that no longer holds their volume (it restarted)."""
         lost: list[UserDataExport] = []
         for rec in live:
             held = attached.get(rec.pantry_address) if rec.pantry_address else None
@@ -381,15 +388,22 @@ class Coordinator:
                 )
             except UdxError as err:
                 status.errors.append(f"marking records on expunged pantries failed: {err}")
-            attached = self._probe(in_service)  # each pantry once per pass
+            # Live records, then one probe per pantry (lost attachments), then the
+            # sweep's reads: each order matters (see _live_records, _orphans).
+            live: list[UserDataExport] | None = None
             try:
-                lost = self._lost_records(attached)
-                ids = [r.id for r in lost]
-                status.records_marked_lost = self.db.transaction(
-                    lambda c: exports.mark_lost(c, ids), name="mark lost attachments"
-                )
+                live = self._live_records()
             except UdxError as err:
                 status.errors.append(f"checking pantries for lost attachments failed: {err}")
+            attached = self._probe(in_service)
+            if live is not None:
+                try:
+                    ids = [r.id for r in self._lost_records(live, attached)]
+                    status.records_marked_lost = self.db.transaction(
+                        lambda c: exports.mark_lost(c, ids), name="mark lost attachments"
+                    )
+                except UdxError as err:
+                    status.errors.append(f"checking pantries for lost attachments failed: {err}")
             self._sweep_orphans(attached, status)
 
         # 2. The changeset.
@@ -566,8 +580,9 @@ class Coordinator:
                 detail = f"pantry {rec.pantry_address} is not in service"
                 report.steps.append(_step("1-expunged", "mark for deletion", rec, detail))
                 to_delete[rec.id] = rec
+            live = self._live_records()
             attached = self._probe(in_service)
-            for rec in self._lost_records(attached):
+            for rec in self._lost_records(live, attached):
                 detail = f"pantry {rec.pantry_address} lost volume {rec.volume_id}"
                 report.steps.append(_step("1-lost", "mark for deletion", rec, detail))
                 to_delete[rec.id] = rec

@@ -166,3 +166,50 @@ def test_an_orphan_that_will_not_detach_is_an_error_and_stays_remembered(
     sim.detach_503_times(0)
     status = make_runtime().coordinator.run_pass()
     assert status.orphans_detached == 1 and status.errors == []
+
+
+def test_a_record_going_live_while_its_pantry_is_probed_is_not_marked_lost(
+    db, registered, make_runtime
+):
+    """Another pass makes a record Live (attach, then go Live) just after this
+    pass's status call listed its pantry: the listing lacks the volume, and the
+    record must not be taken for lost. Live records are read before the probe."""
+    from udx.pantry.client import PantryClient
+    from udx.pantry.sim import PREFIX
+
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=2, project_images=0)
+    assert make_runtime().coordinator.run_pass().errors == []
+    with db.connect() as conn:
+        _, rec = exports.list_exports(conn, states=[ExportState.LIVE])
+    sim = next(s for s in registered if s.address == rec.pantry_address)
+    vid = str(rec.volume_id)
+    vcr = sim.attachments[vid]
+    with PantryClient(sim.address, timeout=5) as client:
+        client.detach(rec.volume_id)
+    with db.begin() as conn:  # another pass's create saga, before its attach
+        conn.execute(
+            update(user_data_export)
+            .where(user_data_export.c.id == rec.id)
+            .values(state="assigning", operating_saga_id=uuid.uuid4())
+        )
+
+    def goes_live(record) -> None:  # type: ignore[no-untyped-def]
+        if record.path != PREFIX or sim.on_request is None:
+            return
+        sim.on_request = None  # once
+        sim.attach(vid, vcr)  # after this status answer was made
+        with db.begin() as conn:
+            conn.execute(
+                update(user_data_export)
+                .where(user_data_export.c.id == rec.id)
+                .values(state="live", operating_saga_id=None)
+            )
+
+    sim.on_request = goes_live
+    status = make_runtime().coordinator.run_pass()
+    assert sim.on_request is None, "the probe never reached the pantry"
+    assert status.errors == [] and status.records_marked_lost == 0
+    with db.connect() as conn:
+        after = exports.get_required(conn, rec.id)
+    assert after.state is ExportState.LIVE and not after.resource_deleted
