@@ -460,10 +460,10 @@ def test_the_fresh_claim_stops_a_saga_adopted_meanwhile(db: Database) -> None:
             )  # fmt: skip
             # another process adopted it after this one's last write
             conn.execute(update(saga).where(saga.c.id == sid).values(adopt_generation=2))
-        from udx.saga import executor as executor_module
+        from udx.saga.run import Run, Stop
 
-        run = executor_module._Run(sid, d, "{}", 1)
-        with pytest.raises(executor_module._Stop, match="adopted by process"):
+        run = Run(sid, d, "{}", 1)
+        with pytest.raises(Stop, match="adopted by process"):
             ex._reclaim(run, ("running",))
     assert ran == []
 

@@ -9,7 +9,8 @@ it survives a crash at every point.
 
 from udx.saga.definition import ActionContext, Node, Outcome, SagaDefinition, SagaResult
 from udx.saga.errors import SagaFenced, SagaUnrecoverable
-from udx.saga.executor import Checkpoint, SagaExecutor, abandon
+from udx.saga.executor import SagaExecutor, abandon
+from udx.saga.run import Checkpoint
 
 __all__ = [
     "ActionContext",

@@ -23,7 +23,7 @@ class Node:
     only through `ctx.db`. The executor then runs them inside the transaction that
     logs the node, so the effect and its log entry commit together or not at all,
     in one transaction instead of two. That transaction runs at the log's level
-    (READ COMMITTED on PostgreSQL, see `executor.LOG_ISOLATION`): such actions must
+    (READ COMMITTED on PostgreSQL, see `udx.saga.run.LOG_ISOLATION`): such actions must
     rest on row locks, i.e. conditional UPDATEs and rows keyed by ids the saga
     owns. Never set it on a node that calls out (HTTP): the transaction, and the
     saga row's lock, would stay open for the whole call.

@@ -64,7 +64,8 @@ from udx.db.engine import Database, open_database
 from udx.db.types import utcnow
 from udx.saga.definition import ActionContext, SagaDefinition, SagaResult
 from udx.saga.errors import InjectedFailure
-from udx.saga.executor import Checkpoint, SagaExecutor
+from udx.saga.executor import SagaExecutor
+from udx.saga.run import Checkpoint
 
 Params = dict[str, Any] | Callable[[], dict[str, Any]]
 DepsSpec = Callable[[Database], Any] | str | None
