@@ -130,6 +130,9 @@ def test_release_a_stuck_create_saga_then_the_next_pass_makes_it_live(
     assert [p["export_id"] for p in held] == [str(eid)]
     assert held[0]["detail"] == f"saga {sid}: udx export diagnose {eid}"
     assert {p["step"] for p in plan} <= {"0-held", "1-orphans"}
+    out = cli.ok("changeset").stdout
+    assert "held by stuck or abandoned sagas (1): no pass moves these" in out
+    assert f"udx export diagnose {eid}" in out
     # Shown by the saga id, not the lock id.
     assert cli.json("saga", "list", "--export", str(eid))[0]["id"] == str(sid)
 

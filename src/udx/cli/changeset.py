@@ -32,7 +32,10 @@ def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     with db.connect() as conn:
         result = cs.preview(conn)
         if not as_json:
+            from udx.datastore.export_locks import held_by_dead_sagas
+
             sagas = holding_sagas(conn, [*result.delete_required, *result.would_mark])
+            held = held_by_dead_sagas(conn)  # in no changeset: no pass moves them
     if as_json:
         print_json(result.to_json(include_would_mark=True))
         return
@@ -49,3 +52,16 @@ def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
         export_rows(
             result.would_mark, f"would be marked for deletion ({len(result.would_mark)})", sagas
         )
+    if held:
+        from udx.cli.common import stdout_console
+
+        console = stdout_console()
+        console.print(
+            f"held by stuck or abandoned sagas ({len(held)}): no pass moves these", markup=False
+        )
+        for h in held:
+            console.print(
+                f"  export {h['export_id']} ({h['state']}), {h['saga']} saga {h['saga_id']}: "
+                f"udx export diagnose {h['export_id']}",
+                markup=False,
+            )
