@@ -7,6 +7,7 @@ the child reaches the simulated pantries through the `pantry` table.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -14,7 +15,15 @@ from sqlalchemy import delete, select, update
 from udx import seed
 from udx.datastore import exports
 from udx.db.engine import Database
-from udx.db.schema import image, region_snapshot, snapshot, user_data_export, volume
+from udx.db.schema import (
+    image,
+    region,
+    region_snapshot,
+    snapshot,
+    user_data_export,
+    volume,
+    volume_resource_usage,
+)
 from udx.domain.model import ResourceType
 from udx.pantry.inventory import DbInventory
 from udx.pantry.sim import SimulatedPantry
@@ -30,8 +39,14 @@ def make_deps(db: Database) -> ExportSagaDeps:
 
 
 def seed_image(db: Database) -> uuid.UUID:
+    """An image whose volume has a read-only parent: 6 targets, of both kinds (the
+    sub-volume's are region snapshots, the parent mixes them with a read-only
+    region left by a region snapshot replacement)."""
     with db.begin() as conn:
-        return seed.add_image(conn)  # a volume with a read-only parent: 6 targets
+        s = seed.Seeder()
+        iid = s.add_image(parent_replaced=1)
+        s.flush(conn)
+        return iid
 
 
 def reset_requested(db: Database, sims: list[SimulatedPantry], resource_id: uuid.UUID) -> None:
@@ -39,8 +54,12 @@ def reset_requested(db: Database, sims: list[SimulatedPantry], resource_id: uuid
     with db.begin() as conn:
         conn.execute(delete(user_data_export))
         owned = select(snapshot.c.volume_id).union(select(image.c.volume_id))
+        conn.execute(
+            delete(volume_resource_usage).where(volume_resource_usage.c.volume_id.not_in(owned))
+        )
         conn.execute(delete(volume).where(volume.c.id.not_in(owned)))
-        conn.execute(update(region_snapshot).values(volume_references=1, deleting=False))
+        conn.execute(update(region_snapshot).values(deleting=False))
+        conn.execute(update(region).values(deleting=False))
         exports.create(conn, EXPORT_ID, ResourceType.IMAGE, resource_id)
     for sim in sims:
         sim.restart()
@@ -64,15 +83,30 @@ def delete_params(db: Database) -> dict[str, str]:
 
 def world(db: Database, sims: list[SimulatedPantry]) -> dict[str, Any]:
     """Everything the sagas change, without generated ids, times or generations
-    (an unwound lock keeps its bumped generation by design)."""
+    (an unwound lock keeps its bumped generation by design), nor soft-deleted
+    volumes (an undone copy stays soft-deleted by design: see clean_up_lists)."""
     with db.connect() as conn:
         rec = exports.get(conn, EXPORT_ID)
         live_volumes = (
             conn.execute(select(volume.c.id).where(volume.c.time_deleted.is_(None))).scalars().all()
         )
+        # Per resource: how many usage rows name it, and whether it is deleting.
+        users = Counter(
+            (r.usage_type, str(r.region_id), str(r.region_snapshot_snapshot_id),
+             str(r.region_snapshot_region_id))
+            for r in conn.execute(select(volume_resource_usage))
+        )
         refs = sorted(
-            (r.snapshot_addr, int(r.volume_references), bool(r.deleting))
-            for r in conn.execute(select(region_snapshot))
+            [
+                ("region_snapshot", users[("region_snapshot", "None", str(r.snapshot_id),
+                                           str(r.region_id))], bool(r.deleting))
+                for r in conn.execute(select(region_snapshot))
+            ]
+            + [
+                ("read_only_region", users[("read_only_region", str(r.id), "None", "None")],
+                 bool(r.deleting))
+                for r in conn.execute(select(region).where(region.c.read_only.is_(True)))
+            ]
         )
     attached = {str(s.address): sorted(s.attachments) for s in sims if s.attachments}
     record = None
@@ -90,7 +124,18 @@ def world(db: Database, sims: list[SimulatedPantry]) -> dict[str, Any]:
     return {
         "record": record,
         "live_volumes": len(live_volumes),
-        "region_snapshots": refs,
+        "resources": refs,
         "attachments": sum(len(v) for v in attached.values()),
         "attached_where_recorded": attached_where_recorded,
     }
+
+
+def clean_up_lists(db: Database) -> list[str]:
+    """The cleanup lists of the soft-deleted volumes (copies the sagas made)."""
+    with db.connect() as conn:
+        return sorted(
+            str(c)
+            for c in conn.execute(
+                select(volume.c.resources_to_clean_up).where(volume.c.time_deleted.is_not(None))
+            ).scalars()
+        )

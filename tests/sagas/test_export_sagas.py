@@ -5,16 +5,22 @@ reference counts and the simulated pantries' attachments."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import delete, select
 
+from udx.datastore import exports, volumes
 from udx.db.engine import Database
+from udx.db.schema import image, region_snapshot, volume
+from udx.db.schema import volume_resource_usage as usage
 from udx.pantry.sim import SimulatedPantry, start_simulated_pantries
 from udx.saga import SagaExecutor
 from udx.saga.harness import SagaHarness
 from udx.sagas import CREATE_SAGA, DELETE_SAGA
+from udx.testing.invariants import dump_tables
 
 from . import export_world as w
 
@@ -68,7 +74,9 @@ def test_create_saga_normal_run(db_url, db, sims, image_id):
     assert end["record"] == ("live", True, False, True, True)
     assert end["attachments"] == 1 and end["attached_where_recorded"] is True
     assert end["live_volumes"] == start["live_volumes"] + 1
-    assert {n for _a, n, _d in end["region_snapshots"]} == {2}  # source + copy
+    # Every resource read by the source and the copy, none deleting.
+    assert {(n, d) for _k, n, d in end["resources"]} == {(2, False)}
+    assert sorted(k for k, _n, _d in end["resources"]).count("read_only_region") == 1
     assert sum(s.total_attach_calls for s in sims) >= 1
 
 
@@ -93,8 +101,9 @@ def test_create_saga_crash_while_unwinding(db_url, db, sims, image_id):
 # a failure after them cannot put the attachment back. Up to and including the
 # detach node, a failure restores the world; after it, the record returns to
 # Live with resource_deleted still set, so the next pass runs the delete saga
-# again, which converges (detach is ok-if-gone, deleting a gone volume is a no-op).
-DELETE_REVERSIBLE = ["generate_lock_id", "read_generation", "lock", "detach"]
+# again, which converges (detach is ok-if-gone, soft-deleting a soft-deleted volume
+# changes nothing).
+DELETE_REVERSIBLE = ["generate_lock_id", "read_generation", "lock", "check_volume", "detach"]
 
 
 def test_delete_saga_normal_run(db_url, db, sims, image_id):
@@ -105,13 +114,15 @@ def test_delete_saga_normal_run(db_url, db, sims, image_id):
     assert end["record"] == ("deleted", True, True, True, True)
     assert end["attachments"] == 0
     assert end["live_volumes"] == start["live_volumes"] - 1
-    assert {n for _a, n, _d in end["region_snapshots"]} == {1}
+    assert {(n, d) for _k, n, d in end["resources"]} == {(1, False)}  # the source's alone
+    # The copy stays soft-deleted with its (empty: the source reads everything) list.
+    assert w.clean_up_lists(db) == ['{"V3": {"regions": [], "region_snapshots": []}}']
 
 
 def test_delete_saga_actions_twice_unwind_and_undo_twice(db_url, db, sims, image_id):
     with _delete_harness(db_url, db, sims, image_id) as h:
         h.check_actions_idempotent()
-        assert h.check_unwind_at_each_node(nodes=DELETE_REVERSIBLE) == 4
+        assert h.check_unwind_at_each_node(nodes=DELETE_REVERSIBLE) == 5
         h.check_undos_idempotent(nodes=DELETE_REVERSIBLE)
 
 
@@ -215,3 +226,60 @@ def test_delete_saga_detach_is_fenced_after_its_volume_status(db, sims, image_id
     assert result.outcome == "interrupted" and taken[0] in (result.error or "")
     assert sum(s.total_detach_calls for s in sims) == 0
     assert w.world(db, sims)["attachments"] == 1
+
+
+# --- volume accounting through the sagas (issue 11) ---------------------------------------
+
+
+def _image_volume(db: Database, image_id: uuid.UUID) -> tuple[uuid.UUID, list[str]]:
+    with db.connect() as conn:
+        vid = conn.execute(select(image.c.volume_id).where(image.c.id == image_id)).scalar_one()
+        data = conn.execute(select(volume.c.data).where(volume.c.id == vid)).scalar_one()
+    return vid, volumes.read_only_targets(json.loads(data))
+
+
+def test_create_saga_unwinds_on_a_target_that_resolves_to_nothing(db, sims, image_id):
+    source, targets = _image_volume(db, image_id)
+    w.reset_requested(db, sims, image_id)
+    with db.begin() as conn:
+        conn.execute(delete(region_snapshot).where(region_snapshot.c.snapshot_addr == targets[0]))
+    before = w.world(db, sims)
+    tables = dump_tables(db)
+    with SagaExecutor(db, [CREATE_SAGA], deps=w.make_deps(db)) as ex:
+        result = ex.run(CREATE_SAGA.name, {"export_id": str(w.EXPORT_ID)})
+    assert result.outcome == "unwound" and result.failed_node == "copy_volume"
+    assert targets[0] in str(result.error) and str(source) in str(result.error)
+    after = dump_tables(db)
+    # Nothing written but the saga log and the lock's bumped generation.
+    for name in ("volume", "volume_resource_usage", "region_snapshot", "region"):
+        assert after[name] == tables[name], name
+    assert w.world(db, sims) == before
+    assert all(not s.attachments for s in sims)
+
+
+def test_delete_saga_with_a_missing_usage_row_fails_before_detaching(db, sims, image_id):
+    w.reset_live_marked(db, sims, image_id)
+    params = w.delete_params(db)
+    copy = params["volume_id"]
+    with db.begin() as conn:
+        victim = conn.execute(
+            usage.select().where(usage.c.volume_id == copy, usage.c.region_id.is_not(None))
+        ).first()
+        assert victim is not None  # the parent's read-only region
+        conn.execute(delete(usage).where(usage.c.usage_id == victim.usage_id))
+    before = w.world(db, sims)
+    tables = dump_tables(db)
+    with SagaExecutor(db, [DELETE_SAGA], deps=w.make_deps(db)) as ex:
+        result = ex.run(DELETE_SAGA.name, params)
+    assert result.outcome == "unwound" and result.failed_node == "check_volume"
+    assert copy in str(result.error) and "no usage row" in str(result.error)
+    # Live, marked, still attached where recorded; volumes and usage untouched.
+    assert w.world(db, sims) == before
+    assert before["record"] == ("live", True, True, True, True)
+    assert before["attached_where_recorded"] is True
+    after = dump_tables(db)
+    for name in ("volume", "volume_resource_usage", "region_snapshot", "region"):
+        assert after[name] == tables[name], name
+    with db.connect() as conn:
+        assert exports.get_required(conn, w.EXPORT_ID).resource_deleted
+

@@ -1,32 +1,64 @@
-"""Volumes and the read-only targets they reference (`region_snapshot`).
+"""Volumes and the read-only resources they read, accounted as the control plane
+accounts them (DESIGN.md sections 2 and 5; upstream: omicron's volume datastore).
 
 A volume's `data` is a Crucible VolumeConstructionRequest. Its *read-only
 targets* are the `opts.target` addresses of every read-only `region` part found
-walking the volume, its sub_volumes and its read_only_parent. Each target matches
-a `region_snapshot.snapshot_addr`, whose `volume_references` counts the live
-volumes naming it. Copying a volume adds one reference per target; soft-deleting
-gives them back exactly once.
+walking the volume, its sub_volumes and its read_only_parent. Each target
+resolves to exactly one read-only resource: a `region_snapshot` with that
+`snapshot_addr`, or a read-only `region` whose dataset ip and own port make that
+address. `volume_resource_usage` holds one row per (live volume, resource it
+reads): copying a volume adds them, soft-deleting it removes them exactly once,
+and a resource left with no row is recorded in the volume's
+`resources_to_clean_up` for the control plane to free.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    literal_column,
+    null,
+    or_,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 
-from udx.db.schema import region_snapshot, volume
-from udx.db.types import utcnow
-from udx.domain.errors import Conflict, NotFound, UdxError
+from udx.db.schema import crucible_dataset, region, region_snapshot, volume, volume_resource_usage
+from udx.db.types import GUID, utcnow
+from udx.domain.address import PantryAddress
+from udx.domain.errors import BadInput, Conflict, NotFound, UdxError
+
+log = logging.getLogger(__name__)
 
 rs = region_snapshot
+usage = volume_resource_usage
+
+READ_ONLY_REGION = "read_only_region"
+REGION_SNAPSHOT = "region_snapshot"
 
 
 class VolumeDataError(UdxError):
     """A volume's VolumeConstructionRequest is not what it must be."""
+
+
+class VolumeAccountingError(UdxError):
+    """The usage rows do not account for a volume's read-only targets: a target
+    resolves to no resource (or to two), or a target has no usage row to give
+    back. Never skipped, never clamped: storage could be freed under a reader."""
 
 
 def parse_request(volume_id: uuid.UUID, data: str) -> dict[str, Any]:
@@ -102,6 +134,298 @@ def copy_request(
     return copy
 
 
+# --- read-only resources and their resolution ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadOnlyResource:
+    """A read-only resource a volume reads: a region snapshot (its three ids) or
+    a read-only region (its id). Spelled as the usage row's columns."""
+
+    usage_type: str
+    region_id: uuid.UUID | None = None
+    snapshot_dataset_id: uuid.UUID | None = None
+    snapshot_region_id: uuid.UUID | None = None
+    snapshot_id: uuid.UUID | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> ReadOnlyResource:
+        """From a row with the usage table's column names."""
+        m = row._mapping
+        return cls(
+            str(m["usage_type"]),
+            m["region_id"],
+            m["region_snapshot_dataset_id"],
+            m["region_snapshot_region_id"],
+            m["region_snapshot_snapshot_id"],
+        )
+
+    @property
+    def is_region_snapshot(self) -> bool:
+        return self.usage_type == REGION_SNAPSHOT
+
+    @property
+    def snapshot_key(self) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+        assert self.snapshot_dataset_id and self.snapshot_region_id and self.snapshot_id
+        return (self.snapshot_dataset_id, self.snapshot_region_id, self.snapshot_id)
+
+    def usage_values(self) -> dict[str, Any]:
+        return {
+            "usage_type": self.usage_type,
+            "region_id": self.region_id,
+            "region_snapshot_dataset_id": self.snapshot_dataset_id,
+            "region_snapshot_region_id": self.snapshot_region_id,
+            "region_snapshot_snapshot_id": self.snapshot_id,
+        }
+
+    def __str__(self) -> str:
+        if self.is_region_snapshot:
+            return (
+                f"region snapshot (dataset {self.snapshot_dataset_id}, region "
+                f"{self.snapshot_region_id}, snapshot {self.snapshot_id})"
+            )
+        return f"read-only region {self.region_id}"
+
+    def sort_key(self) -> tuple[str, ...]:
+        return (self.usage_type, str(self.region_id), str(self.snapshot_dataset_id),
+                str(self.snapshot_region_id), str(self.snapshot_id))
+
+
+def _canonical(target: str) -> tuple[str, int] | None:
+    """(canonical ip, port) of a target address; None when it is not one."""
+    try:
+        addr = PantryAddress.parse(target)
+    except BadInput:
+        return None
+    return addr.ip_text, addr.port
+
+
+def canonical_target(target: str) -> str:
+    parts = _canonical(target)
+    return target if parts is None else str(PantryAddress.from_parts(*parts))
+
+
+# The one statement that resolves targets: region snapshots by address and
+# read-only regions by (dataset ip, region port), neither being deleted (as
+# upstream's read_only_target_to_volume_resource_usage). Upstream takes a region
+# snapshot first and a region only when none matches; udx wants exactly one
+# match of either kind, so an ambiguous target is an error rather than a guess.
+def _resolve_statement(*, include_deleting: bool = False) -> Any:
+    rs_where = [rs.c.snapshot_addr.in_(bindparam("b_addrs", expanding=True))]
+    region_where = [
+        region.c.read_only.is_(True),
+        tuple_(crucible_dataset.c.ip, region.c.port).in_(bindparam("b_ip_ports", expanding=True)),
+    ]
+    if not include_deleting:
+        rs_where.append(rs.c.deleting.is_(False))
+        region_where.append(region.c.deleting.is_(False))
+    snapshots = select(
+        literal_column(f"'{REGION_SNAPSHOT}'").label("usage_type"),
+        rs.c.snapshot_addr.label("addr"),
+        cast(null(), Text).label("ip"),
+        cast(null(), Integer).label("port"),
+        cast(null(), GUID).label("region_id"),
+        rs.c.dataset_id.label("region_snapshot_dataset_id"),
+        rs.c.region_id.label("region_snapshot_region_id"),
+        rs.c.snapshot_id.label("region_snapshot_snapshot_id"),
+        rs.c.deleting.label("deleting"),
+    ).where(*rs_where)
+    regions = (
+        select(
+            literal_column(f"'{READ_ONLY_REGION}'"),
+            cast(null(), Text),
+            crucible_dataset.c.ip,
+            region.c.port,
+            region.c.id,
+            cast(null(), GUID),
+            cast(null(), GUID),
+            cast(null(), GUID),
+            region.c.deleting,
+        )
+        .select_from(region.join(crucible_dataset, crucible_dataset.c.id == region.c.dataset_id))
+        .where(*region_where)
+    )
+    return union_all(snapshots, regions)
+
+
+_RESOLVE = _resolve_statement()
+_RESOLVE_ANY = _resolve_statement(include_deleting=True)
+# Expanding parameters per statement, well under SQLite's 32766 variables.
+_CHUNK = 4000
+
+
+def _resolve_rows(
+    conn: Connection, targets: Sequence[str], stmt: Any
+) -> dict[str, list[tuple[ReadOnlyResource, bool]]]:
+    """Every resource each target address names (with its deleting flag)."""
+    by_addr: dict[str, set[str]] = {}
+    by_ip_port: dict[tuple[str, int], set[str]] = {}
+    for t in targets:
+        by_addr.setdefault(t, set()).add(t)
+        parts = _canonical(t)
+        if parts is not None:
+            by_addr.setdefault(str(PantryAddress.from_parts(*parts)), set()).add(t)
+            by_ip_port.setdefault(parts, set()).add(t)
+    found: dict[str, dict[ReadOnlyResource, bool]] = {t: {} for t in targets}
+    addrs, ip_ports = list(by_addr), list(by_ip_port)
+    # One statement for a request's targets; only a very large set (the
+    # migration's backfill, the invariant checker) takes several.
+    for i in range(0, max(len(addrs), len(ip_ports)), _CHUNK):
+        params = {
+            "b_addrs": addrs[i : i + _CHUNK] or ["-"],
+            "b_ip_ports": ip_ports[i : i + _CHUNK] or [("-", -1)],
+        }
+        for row in conn.execute(stmt, params):
+            resource = ReadOnlyResource.from_row(row)
+            if resource.is_region_snapshot:
+                names = by_addr.get(row.addr, set())
+            else:
+                names = by_ip_port.get((row.ip, int(row.port)), set())
+            for t in names:
+                found[t][resource] = bool(row.deleting)
+    return {t: list(res.items()) for t, res in found.items()}
+
+
+def resolve_targets(
+    conn: Connection, targets: Sequence[str]
+) -> tuple[dict[str, ReadOnlyResource], dict[str, str]]:
+    """Resolve target addresses: (target -> its one resource, target -> why not)."""
+    resolved: dict[str, ReadOnlyResource] = {}
+    problems: dict[str, str] = {}
+    if not targets:
+        return resolved, problems
+    for t, matches in _resolve_rows(conn, targets, _RESOLVE).items():
+        if len(matches) == 1:
+            resolved[t] = matches[0][0]
+        elif matches:
+            names = ", ".join(sorted(str(r) for r, _ in matches))
+            problems[t] = f"resolves to {len(matches)} resources ({names})"
+    unresolved = [t for t in targets if t not in resolved and t not in problems]
+    if unresolved:
+        # The error path only: say when all that matches is being deleted.
+        for t, matches in _resolve_rows(conn, unresolved, _RESOLVE_ANY).items():
+            if matches:
+                names = ", ".join(sorted(str(r) for r, _ in matches))
+                problems[t] = f"resolves only to resources being deleted ({names})"
+            else:
+                problems[t] = "resolves to no region snapshot and no read-only region"
+    return resolved, problems
+
+
+def _problem_text(volume_id: uuid.UUID, problems: Mapping[str, str], limit: int = 5) -> str:
+    items = sorted(problems.items())
+    text = "; ".join(f"read-only target {t} {why}" for t, why in items[:limit])
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return f"volume {volume_id}: {text}{more}"
+
+
+def resolve_volume(
+    conn: Connection, volume_id: uuid.UUID, vcr: dict[str, Any]
+) -> dict[str, ReadOnlyResource]:
+    """Every read-only target of a volume -> its resource; VolumeAccountingError
+    naming the volume and each target that does not resolve to exactly one."""
+    resolved, problems = resolve_targets(conn, read_only_targets(vcr))
+    if problems:
+        raise VolumeAccountingError(_problem_text(volume_id, problems))
+    return resolved
+
+
+def resolve_many(
+    conn: Connection, requests: Mapping[uuid.UUID, dict[str, Any]]
+) -> tuple[dict[uuid.UUID, dict[str, ReadOnlyResource]], list[str]]:
+    """Resolve the targets of many volumes at once (set-based): the resolved
+    targets per volume, and one line per volume whose targets do not resolve."""
+    targets_of = {vid: read_only_targets(vcr) for vid, vcr in requests.items()}
+    every = list(dict.fromkeys(t for ts in targets_of.values() for t in ts))
+    resolved, problems = resolve_targets(conn, every)
+    out: dict[uuid.UUID, dict[str, ReadOnlyResource]] = {}
+    lines: list[str] = []
+    for vid, ts in targets_of.items():
+        bad = {t: problems[t] for t in ts if t in problems}
+        if bad:
+            lines.append(_problem_text(vid, bad))
+        out[vid] = {t: resolved[t] for t in ts if t in resolved}
+    return out, lines
+
+
+def usage_rows(volume_id: uuid.UUID, resources: Iterable[ReadOnlyResource]) -> list[dict[str, Any]]:
+    """The usage rows of a volume reading `resources` (one per distinct resource)."""
+    distinct = sorted(set(resources), key=ReadOnlyResource.sort_key)
+    return [
+        {"usage_id": uuid.uuid4(), "volume_id": volume_id, **r.usage_values()} for r in distinct
+    ]
+
+
+# --- resources_to_clean_up -------------------------------------------------------------
+
+
+@dataclass
+class CleanUp:
+    """What a soft-deleted volume leaves for the control plane to free.
+
+    Stored as upstream's CrucibleResources::V3 serializes it,
+    {"V3": {"regions": [id], "region_snapshots": [{"dataset", "region",
+    "snapshot"}]}}, so the control plane's volume-delete work reads udx's rows as
+    its own. (`regions` upstream also lists freed read-write regions; a copy
+    udx makes never has any.)
+    """
+
+    regions: list[uuid.UUID] = field(default_factory=list)
+    region_snapshots: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.regions or self.region_snapshots)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "V3": {
+                "regions": [str(r) for r in self.regions],
+                "region_snapshots": [
+                    {"dataset": str(d), "region": str(r), "snapshot": str(s)}
+                    for d, r, s in self.region_snapshots
+                ],
+            }
+        }
+
+    def describe(self) -> list[str]:
+        return [f"read-only region {r}" for r in self.regions] + [
+            f"region snapshot (dataset {d}, region {r}, snapshot {s})"
+            for d, r, s in self.region_snapshots
+        ]
+
+    @classmethod
+    def parse(cls, text: str | None) -> CleanUp:
+        """A stored list; also reads the form udx wrote before volume accounting
+        ({"region_snapshots": [{"dataset_id", "region_id", "snapshot_id", ...}]})."""
+        if not text:
+            return cls()
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise VolumeDataError("resources_to_clean_up is not a JSON object")
+        if "V3" in data:
+            v3 = data["V3"] or {}
+            return cls(
+                [uuid.UUID(str(r)) for r in v3.get("regions") or []],
+                [
+                    (uuid.UUID(x["dataset"]), uuid.UUID(x["region"]), uuid.UUID(x["snapshot"]))
+                    for x in v3.get("region_snapshots") or []
+                ],
+            )
+        if set(data) <= {"region_snapshots"}:
+            return cls(
+                [],
+                [
+                    (uuid.UUID(x["dataset_id"]), uuid.UUID(x["region_id"]),
+                     uuid.UUID(x["snapshot_id"]))
+                    for x in data.get("region_snapshots") or []
+                ],
+            )
+        raise VolumeDataError(f"resources_to_clean_up has an unknown form: {sorted(data)}")
+
+
+# --- volume rows -----------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class VolumeRow:
     id: uuid.UUID
@@ -127,11 +451,26 @@ _INSERT = volume.insert().values(
     data=bindparam("b_data"),
     resources_to_clean_up=None,
 )
-_TAKE_REFERENCES = (
-    update(rs)
-    .where(rs.c.snapshot_addr.in_(bindparam("b_targets", expanding=True)), rs.c.deleting.is_(False))
-    .values(volume_references=rs.c.volume_references + 1)
-    .returning(rs.c.snapshot_addr)
+_INSERT_USAGE = usage.insert()
+_USAGE_COLUMNS = (
+    usage.c.usage_type,
+    usage.c.region_id,
+    usage.c.region_snapshot_dataset_id,
+    usage.c.region_snapshot_region_id,
+    usage.c.region_snapshot_snapshot_id,
+)
+_SOFT_DELETE = (
+    update(volume)
+    .where(volume.c.id == bindparam("b_id"), volume.c.time_deleted.is_(None))
+    .values(time_deleted=bindparam("b_now"), time_modified=bindparam("b_now"))
+)
+_RELEASE = (
+    delete(usage).where(usage.c.volume_id == bindparam("b_id")).returning(*_USAGE_COLUMNS)
+)
+_SET_CLEAN_UP = (
+    update(volume)
+    .where(volume.c.id == bindparam("b_id"))
+    .values(resources_to_clean_up=bindparam("b_clean_up"))
 )
 
 
@@ -140,9 +479,16 @@ def get(conn: Connection, volume_id: uuid.UUID) -> VolumeRow | None:
     return None if row is None else VolumeRow(*row)
 
 
+def usage_of(conn: Connection, volume_id: uuid.UUID) -> list[ReadOnlyResource]:
+    rows = conn.execute(select(*_USAGE_COLUMNS).where(usage.c.volume_id == volume_id))
+    return sorted((ReadOnlyResource.from_row(r) for r in rows), key=ReadOnlyResource.sort_key)
+
+
 def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID) -> dict[str, Any]:
-    """Create `new_volume_id` as a copy of `source_id`, adding one reference to
-    each read-only target. Call in a transaction. Idempotent by the new id: when
+    """Create `new_volume_id` as a copy of `source_id`, with one usage row per
+    read-only resource it reads. Call in a transaction: a target that does not
+    resolve raises VolumeAccountingError and the caller's rollback leaves
+    nothing behind. Idempotent by the new id (as upstream's volume_create): when
     that row already exists nothing changes and its request is returned."""
     # Both rows in one read: the copy (if a previous run made it) and the source.
     rows = {
@@ -158,100 +504,129 @@ def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID
     if source is None or source.time_deleted is not None:
         raise NotFound(f"source volume {source_id} does not exist or is deleted")
     copy = copy_request(source.request, new_volume_id)
-    targets = read_only_targets(copy)
+    # Resolved before anything is written; errors name the source volume,
+    # whose data is what an operator would have to look at.
+    resources = resolve_volume(conn, source_id, copy)
     conn.execute(_INSERT, {"b_id": new_volume_id, "b_now": utcnow(), "b_data": json.dumps(copy)})
-    if targets:
-        # One statement both takes the references and refuses targets being
-        # deleted (fewer reads also means fewer serialization conflicts).
-        taken = conn.execute(_TAKE_REFERENCES, {"b_targets": targets}).scalars().all()
-        if len(set(taken)) < len(targets):
-            # Raising rolls back the whole transaction, references included.
-            deleting = conn.execute(
-                select(rs.c.snapshot_addr).where(
-                    rs.c.snapshot_addr.in_(targets), rs.c.deleting.is_(True)
-                )
-            ).first()
-            if deleting is not None:
-                raise Conflict(
-                    f"region snapshot {deleting[0]} is being deleted; cannot reference it"
-                )
-            unknown = sorted(set(targets) - set(taken))
-            raise NotFound(
-                f"volume {source_id} names read-only targets with no region snapshot "
-                f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}); "
-                "a copy could not be reference-counted"
-            )
+    rows_to_add = usage_rows(new_volume_id, resources.values())
+    if rows_to_add:
+        conn.execute(_INSERT_USAGE, rows_to_add)
     return copy
 
 
-def soft_delete_volume(conn: Connection, volume_id: uuid.UUID) -> list[dict[str, str]]:
-    """Soft-delete a volume, giving its read-only target references back exactly
-    once; targets that reach zero are recorded in `resources_to_clean_up` (and
-    returned). Repeatable: a deleted or missing volume changes nothing."""
+def check_usage(conn: Connection, volume_id: uuid.UUID) -> int:
+    """Raise VolumeAccountingError unless every read-only target of a live
+    volume resolves and has its usage row; the number of targets otherwise.
+    Reads only (the delete saga checks before it detaches anything)."""
+    row = get(conn, volume_id)
+    if row is None or row.time_deleted is not None:
+        return 0
+    resolved = resolve_volume(conn, volume_id, row.request)
+    held = set(usage_of(conn, volume_id))
+    missing = {t: r for t, r in resolved.items() if r not in held}
+    if missing:
+        raise VolumeAccountingError(_missing_text(volume_id, missing))
+    return len(resolved)
+
+
+def _missing_text(volume_id: uuid.UUID, missing: Mapping[str, ReadOnlyResource]) -> str:
+    return _problem_text(
+        volume_id, {t: f"({r}) has no usage row for this volume" for t, r in missing.items()}
+    )
+
+
+def soft_delete_volume(conn: Connection, volume_id: uuid.UUID) -> CleanUp:
+    """Soft-delete a volume, removing its usage rows exactly once; every resource
+    left with no usage at all is marked deleting and recorded in the volume's
+    `resources_to_clean_up` (and returned). The row stays: the control plane's
+    volume-delete work reads it to free the storage.
+
+    A read-only target that does not resolve, or has no usage row, raises
+    VolumeAccountingError (call in a transaction: nothing is written). Repeatable
+    (as upstream's soft_delete_volume): a soft-deleted volume returns its stored
+    list, a missing one an empty list, and neither changes anything.
+    """
     row = get(conn, volume_id)
     if row is None:
-        return []
+        return CleanUp()
     if row.time_deleted is not None:
-        return _cleanup_list(row.resources_to_clean_up)
-    targets = read_only_targets(row.request)
-    now = utcnow()
-    # The conditional update is the once-only guard: a concurrent or repeated
-    # call that loses it gives nothing back.
-    won = conn.execute(
-        update(volume)
-        .where(volume.c.id == volume_id, volume.c.time_deleted.is_(None))
-        .values(time_deleted=now, time_modified=now)
-    ).rowcount
-    if won != 1:
-        row = get(conn, volume_id)
-        return _cleanup_list(row.resources_to_clean_up) if row else []
-    cleanup: list[dict[str, str]] = []
-    if targets:
-        conn.execute(
-            update(rs)
-            .where(rs.c.snapshot_addr.in_(targets), rs.c.volume_references > 0)
-            .values(volume_references=rs.c.volume_references - 1)
+        return CleanUp.parse(row.resources_to_clean_up)
+    resolved = resolve_volume(conn, volume_id, row.request)
+    # The conditional update is the once-only guard: a concurrent call that
+    # loses it (PostgreSQL SERIALIZABLE retries it; SQLite queues writers) finds
+    # the volume soft-deleted and gives nothing back.
+    if conn.execute(_SOFT_DELETE, {"b_id": volume_id, "b_now": utcnow()}).rowcount != 1:
+        again = get(conn, volume_id)
+        return CleanUp.parse(again.resources_to_clean_up if again else None)
+    released = {ReadOnlyResource.from_row(r) for r in conn.execute(_RELEASE, {"b_id": volume_id})}
+    missing = {t: r for t, r in resolved.items() if r not in released}
+    if missing:
+        # Raising rolls the whole transaction back, the soft delete included.
+        raise VolumeAccountingError(_missing_text(volume_id, missing))
+    strays = released - set(resolved.values())
+    if strays:
+        # Upstream deletes only the rows its targets resolve to and would leave
+        # these behind forever, pinning the resources. A deleted volume reads
+        # nothing, so udx releases them too, and says so.
+        log.warning(
+            "volume %s held usage rows for resources its data does not name: %s",
+            volume_id,
+            ", ".join(sorted(str(r) for r in strays)),
         )
-        zero = conn.execute(
-            select(rs.c.dataset_id, rs.c.region_id, rs.c.snapshot_id, rs.c.snapshot_addr)
-            .where(rs.c.snapshot_addr.in_(targets), rs.c.volume_references == 0)
-            .order_by(rs.c.snapshot_addr)
-        ).all()
-        cleanup = [
-            {
-                "dataset_id": str(r.dataset_id),
-                "region_id": str(r.region_id),
-                "snapshot_id": str(r.snapshot_id),
-                "snapshot_addr": r.snapshot_addr,
-            }
-            for r in zero
-        ]
-        if cleanup:
-            conn.execute(
-                update(rs)
-                .where(rs.c.snapshot_addr.in_([c["snapshot_addr"] for c in cleanup]))
-                .values(deleting=True)
-            )
-    conn.execute(
-        update(volume)
-        .where(volume.c.id == volume_id)
-        .values(resources_to_clean_up=json.dumps({"region_snapshots": cleanup}))
-    )
+    cleanup = _free_unused(conn, released)
+    conn.execute(_SET_CLEAN_UP, {"b_id": volume_id, "b_clean_up": json.dumps(cleanup.to_json())})
     return cleanup
 
 
-def _cleanup_list(text: str | None) -> list[dict[str, str]]:
-    if not text:
-        return []
-    data = json.loads(text)
-    return list(data.get("region_snapshots", []))
+def _free_unused(conn: Connection, released: set[ReadOnlyResource]) -> CleanUp:
+    """Of `released`, the resources no usage row names any more, marked deleting."""
+    regions = sorted({r.region_id for r in released if not r.is_region_snapshot and r.region_id})
+    snaps = sorted({r.snapshot_key for r in released if r.is_region_snapshot})
+    if not regions and not snaps:
+        return CleanUp()
+    used = {
+        ReadOnlyResource.from_row(r)
+        for r in conn.execute(
+            select(*_USAGE_COLUMNS)
+            .where(
+                or_(
+                    usage.c.region_id.in_(regions or [None]),
+                    tuple_(
+                        usage.c.region_snapshot_dataset_id,
+                        usage.c.region_snapshot_region_id,
+                        usage.c.region_snapshot_snapshot_id,
+                    ).in_(snaps or [(None, None, None)]),
+                )
+            )
+            .distinct()
+        )
+    }
+    free_regions = [r for r in regions if ReadOnlyResource(READ_ONLY_REGION, r) not in used]
+    free_snaps = [
+        k for k in snaps if ReadOnlyResource(REGION_SNAPSHOT, None, *k) not in used
+    ]
+    if free_regions:
+        conn.execute(
+            update(region)
+            .where(region.c.id.in_(free_regions), region.c.read_only.is_(True))
+            .values(deleting=True, time_modified=utcnow())
+        )
+    if free_snaps:
+        conn.execute(
+            update(rs)
+            .where(tuple_(rs.c.dataset_id, rs.c.region_id, rs.c.snapshot_id).in_(free_snaps))
+            .values(deleting=True)
+        )
+    return CleanUp(free_regions, free_snaps)
 
 
-def remove_volume(conn: Connection, volume_id: uuid.UUID) -> bool:
-    """Remove a soft-deleted volume's row. Repeatable. True when a row went."""
-    result = conn.execute(
-        delete(volume).where(volume.c.id == volume_id, volume.c.time_deleted.is_not(None))
+def soft_deleted_with_clean_up(conn: Connection) -> Iterator[tuple[uuid.UUID, CleanUp]]:
+    """Every soft-deleted volume and its cleanup list."""
+    rows = conn.execute(
+        select(volume.c.id, volume.c.resources_to_clean_up).where(
+            volume.c.time_deleted.is_not(None)
+        )
     )
-    if result.rowcount == 0 and get(conn, volume_id) is not None:
-        raise Conflict(f"volume {volume_id} is not soft-deleted; refusing to remove it")
-    return result.rowcount == 1
+    for vid, text in rows:
+        yield vid, CleanUp.parse(text)
+

@@ -93,9 +93,97 @@ region_snapshot = Table(
     Column("region_id", GUID, primary_key=True),
     Column("snapshot_id", GUID, primary_key=True),
     Column("snapshot_addr", Text, nullable=False),
+    # Legacy: the control plane no longer keeps it (volume_resource_usage does);
+    # udx neither reads nor writes it.
     Column("volume_references", BigInteger, nullable=False, server_default="0"),
     Column("deleting", Boolean, nullable=False, server_default=text("false")),
     Index("region_snapshot_by_addr", "snapshot_addr"),
+)
+
+# --- volume accounting, as the control plane keeps it (DESIGN.md section 2, issue 11) ----
+
+# The dataset (a Crucible zone on one zpool) a region lives on: a read-only
+# region's target address is this `ip` with the region's own `port`. `ip` is
+# text in canonical form ("fd00::1", not "fd00:0::1"); target resolution compares
+# canonical forms.
+crucible_dataset = Table(
+    "crucible_dataset",
+    metadata,
+    Column("id", GUID, primary_key=True),
+    Column("time_created", UTCDateTime, nullable=False),
+    Column("time_modified", UTCDateTime, nullable=False),
+    Column("time_deleted", UTCDateTime, nullable=True),
+    Column("pool_id", GUID, nullable=False),
+    Column("ip", Text, nullable=False),
+    Column("port", Integer, nullable=False),
+    CheckConstraint("port >= 0 AND port <= 65535", name="crucible_dataset_port_valid"),
+    Index("lookup_crucible_dataset_by_ip", "ip"),
+)
+
+region = Table(
+    "region",
+    metadata,
+    Column("id", GUID, primary_key=True),
+    Column("time_created", UTCDateTime, nullable=False),
+    Column("time_modified", UTCDateTime, nullable=False),
+    Column("dataset_id", GUID, nullable=False),
+    Column("volume_id", GUID, nullable=False),
+    Column("block_size", BigInteger, nullable=False),
+    Column("blocks_per_extent", BigInteger, nullable=False),
+    Column("extent_count", BigInteger, nullable=False),
+    Column("port", Integer, nullable=True),  # null until the agent gave it one
+    Column("read_only", Boolean, nullable=False, server_default=text("false")),
+    Column("deleting", Boolean, nullable=False, server_default=text("false")),
+    Column("reservation_percent", String(8), nullable=False, server_default="25"),
+    CheckConstraint("port IS NULL OR (port >= 0 AND port <= 65535)", name="region_port_valid"),
+    CheckConstraint("reservation_percent IN ('25')", name="region_reservation_percent_valid"),
+    Index("lookup_region_by_volume", "volume_id"),
+    Index("lookup_region_by_dataset", "dataset_id", "port"),
+)
+
+USAGE_TYPES = ("read_only_region", "region_snapshot")
+
+# One row per (live volume, read-only resource it reads): the control plane's
+# reference count. A resource with no row left is freed by the control plane.
+volume_resource_usage = Table(
+    "volume_resource_usage",
+    metadata,
+    Column("usage_id", GUID, primary_key=True),
+    Column("volume_id", GUID, nullable=False),
+    Column("usage_type", String(16), nullable=False),
+    Column("region_id", GUID, nullable=True),
+    Column("region_snapshot_dataset_id", GUID, nullable=True),
+    Column("region_snapshot_region_id", GUID, nullable=True),
+    Column("region_snapshot_snapshot_id", GUID, nullable=True),
+    CheckConstraint(
+        "(usage_type = 'read_only_region' AND region_id IS NOT NULL"
+        " AND region_snapshot_dataset_id IS NULL AND region_snapshot_region_id IS NULL"
+        " AND region_snapshot_snapshot_id IS NULL)"
+        " OR (usage_type = 'region_snapshot' AND region_id IS NULL"
+        " AND region_snapshot_dataset_id IS NOT NULL AND region_snapshot_region_id IS NOT NULL"
+        " AND region_snapshot_snapshot_id IS NOT NULL)",
+        name="exactly_one_usage_source",
+    ),
+    # As upstream. NULLs are distinct in a unique index on all three engines, so
+    # this does not by itself stop a second row: the copy's idempotence (by the new
+    # volume id, in the same transaction) does.
+    Index(
+        "one_record_per_volume_resource_usage",
+        "volume_id",
+        "usage_type",
+        "region_id",
+        "region_snapshot_dataset_id",
+        "region_snapshot_region_id",
+        "region_snapshot_snapshot_id",
+        unique=True,
+    ),
+    Index("lookup_volume_resource_usage_by_region", "region_id"),
+    Index(
+        "lookup_volume_resource_usage_by_snapshot",
+        "region_snapshot_dataset_id",
+        "region_snapshot_region_id",
+        "region_snapshot_snapshot_id",
+    ),
 )
 
 EXPORT_STATES = ("requested", "assigning", "live", "deleting", "deleted")

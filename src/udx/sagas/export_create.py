@@ -85,6 +85,8 @@ def copy_volume(ctx: ActionContext) -> dict[str, Any]:
 
 
 def delete_volume_copy(ctx: ActionContext) -> None:
+    """Soft-delete the copy, removing its usage rows (repeatable; nothing when the
+    copy was never made)."""
     new_id = _new_volume_id(ctx)
     ctx.db.transaction(lambda c: volumes.soft_delete_volume(c, new_id))
 

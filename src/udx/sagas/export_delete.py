@@ -76,21 +76,34 @@ def detach(ctx: ActionContext) -> str:
         pantry.close()
 
 
+def check_volume(ctx: ActionContext) -> dict[str, Any]:
+    """Before anything is detached: every read-only target of the volume resolves
+    and has its usage row. When the accounting is broken the saga unwinds here,
+    the export stays Live, attached and marked, and the pass fails loudly until
+    someone looks. (Upstream has no such node; delete_volume checks again.)"""
+    vid = _volume_id(ctx)
+    with ctx.db.connect() as conn:
+        return {"targets": volumes.check_usage(conn, vid)}
+
+
 def delete_volume(ctx: ActionContext) -> dict[str, Any]:
+    """Soft-delete the volume, removing its usage rows exactly once. The row stays
+    with its cleanup list (never hard-deleted: the control plane's volume-delete
+    work reads it to free the storage)."""
     vid = _volume_id(ctx)
 
     def tx(conn: Any) -> dict[str, Any]:
         cleanup = volumes.soft_delete_volume(conn, vid)
-        volumes.remove_volume(conn, vid)
         if cleanup:
-            # The volume row (and its resources_to_clean_up) goes in this same
-            # transaction; the log line survives a crash before the node is logged.
+            # In the transaction: the line survives a crash before the node is logged
+            # (a repeat logs it again, from the stored list).
             log.warning(
-                "deleting volume %s leaves region snapshots unreferenced, to clean up: %s",
+                "deleting volume %s leaves resources with no usage, for the control plane "
+                "to free: %s",
                 vid,
-                ", ".join(c["snapshot_addr"] for c in cleanup),
+                ", ".join(cleanup.describe()),
             )
-        return {"resources_to_clean_up": cleanup}
+        return {"resources_to_clean_up": cleanup.to_json()}
 
     return ctx.db.transaction(tx)
 
@@ -111,6 +124,7 @@ DELETE_SAGA = SagaDefinition(
         Node("generate_lock_id", generate_lock_id, in_log_transaction=True),
         Node("read_generation", read_generation, in_log_transaction=True),
         Node("lock", lock, unlock, in_log_transaction=True),
+        Node("check_volume", check_volume, in_log_transaction=True),
         Node("detach", detach),
         Node("delete_volume", delete_volume, in_log_transaction=True),
         Node("finish", finish, in_log_transaction=True),

@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import select
 
+from udx.datastore import volumes
 from udx.datastore.exports import row_to_export
-from udx.datastore.volumes import read_only_targets
 from udx.db.engine import Database
-from udx.db.schema import region_snapshot, user_data_export, volume
+from udx.db.schema import region, region_snapshot, user_data_export, volume, volume_resource_usage
 from udx.domain.model import ExportState
 
 
@@ -32,18 +32,12 @@ def check_invariants(
     problems: list[str] = []
     with db.connect() as conn:
         records = [row_to_export(r) for r in conn.execute(select(user_data_export))]
-        live_volumes = {
-            str(r.id): r.data
-            for r in conn.execute(
-                select(volume.c.id, volume.c.data).where(volume.c.time_deleted.is_(None))
-            )
-        }
-        refs = {
-            r.snapshot_addr: int(r.volume_references)
-            for r in conn.execute(
-                select(region_snapshot.c.snapshot_addr, region_snapshot.c.volume_references)
-            )
-        }
+        live_volumes = set(
+            str(v)
+            for v in conn.execute(
+                select(volume.c.id).where(volume.c.time_deleted.is_(None))
+            ).scalars()
+        )
 
     per_resource = Counter(r.resource_id for r in records if r.state is not ExportState.DELETED)
     for rid, n in per_resource.items():
@@ -81,18 +75,83 @@ def check_invariants(
                 if (where, vid) not in holders:
                     problems.append(f"orphan attachment: volume {vid} on {where}, no live record")
 
-    expected: Counter[str] = Counter()
-    for vid, data in live_volumes.items():
-        try:
-            expected.update(read_only_targets(json.loads(data)))
-        except Exception as err:  # a corrupt row is its own problem, not a crash
-            problems.append(f"volume {vid}: unreadable data ({err})")
-    for target, n in sorted(refs.items()):
-        if expected[target] != n:
-            problems.append(
-                f"region snapshot {target}: volume_references {n}, live volumes naming it "
-                f"{expected[target]}"
+    problems += check_volume_accounting(db)
+    return problems
+
+
+def check_volume_accounting(db: Database) -> list[str]:
+    """The usage invariants (DESIGN.md section 2), as readable lines:
+    each live volume has exactly one usage row per read-only resource its
+    targets resolve to (and none other); no usage row belongs to a soft-deleted
+    or missing volume; every read-only resource with no usage is deleting and in
+    some soft-deleted volume's cleanup list."""
+    problems: list[str] = []
+    with db.connect() as conn:
+        vols = conn.execute(select(volume.c.id, volume.c.data, volume.c.time_deleted)).all()
+        live = {r.id: r.data for r in vols if r.time_deleted is None}
+        deleted = {r.id for r in vols if r.time_deleted is not None}
+        requests = {}
+        for vid, data in live.items():
+            try:
+                requests[vid] = json.loads(data)
+                volumes.read_only_targets(requests[vid])
+            except Exception as err:  # a corrupt row is its own problem, not a crash
+                requests.pop(vid, None)
+                problems.append(f"volume {vid}: unreadable data ({err})")
+        resolved, unresolved = volumes.resolve_many(conn, requests)
+        problems += unresolved
+        held: dict[Any, Counter[volumes.ReadOnlyResource]] = {}
+        for row in conn.execute(select(volume_resource_usage)):
+            held.setdefault(row.volume_id, Counter())[volumes.ReadOnlyResource.from_row(row)] += 1
+        cleanup_lists = list(volumes.soft_deleted_with_clean_up(conn))
+        snaps = conn.execute(
+            select(
+                region_snapshot.c.dataset_id,
+                region_snapshot.c.region_id,
+                region_snapshot.c.snapshot_id,
+                region_snapshot.c.deleting,
             )
+        ).all()
+        ro_regions = conn.execute(
+            select(region.c.id, region.c.deleting).where(region.c.read_only.is_(True))
+        ).all()
+
+    for vid, counts in sorted(held.items(), key=lambda kv: str(kv[0])):
+        if vid in deleted:
+            n = sum(counts.values())
+            problems.append(f"soft-deleted volume {vid} still has {n} usage rows")
+        elif vid not in live:
+            problems.append(f"usage rows of volume {vid}, which does not exist")
+    for vid, by_target in resolved.items():
+        counts = held.get(vid, Counter())
+        for target, resource in sorted(by_target.items()):
+            if counts[resource] != 1:
+                problems.append(
+                    f"volume {vid}: read-only target {target} ({resource}) has "
+                    f"{counts[resource]} usage rows, not 1"
+                )
+        for resource in sorted(set(counts) - set(by_target.values()), key=str):
+            problems.append(f"volume {vid}: usage row for {resource}, which its data does not name")
+
+    used = {r for counts in held.values() for r in counts}
+    listed_regions = {r for _vid, c in cleanup_lists for r in c.regions}
+    listed_snaps = {k for _vid, c in cleanup_lists for k in c.region_snapshots}
+    for d, r, sid, deleting in snaps:
+        res = volumes.ReadOnlyResource(volumes.REGION_SNAPSHOT, None, d, r, sid)
+        if res in used:
+            continue
+        if not deleting:
+            problems.append(f"{res} has no usage and is not deleting")
+        if (d, r, sid) not in listed_snaps:
+            problems.append(f"{res} has no usage and is in no soft-deleted volume's cleanup list")
+    for rid, deleting in ro_regions:
+        res = volumes.ReadOnlyResource(volumes.READ_ONLY_REGION, rid)
+        if res in used:
+            continue
+        if not deleting:
+            problems.append(f"{res} has no usage and is not deleting")
+        if rid not in listed_regions:
+            problems.append(f"{res} has no usage and is in no soft-deleted volume's cleanup list")
     return problems
 
 
