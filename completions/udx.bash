@@ -51,13 +51,16 @@ _udx_is_command() {
         "saga retry-undo") return 0 ;;
         "saga show") return 0 ;;
         "status") return 0 ;;
+        "volume") return 0 ;;
+        "volume list") return 0 ;;
+        "volume show") return 0 ;;
         "whatis") return 0 ;;
     esac
     return 1
 }
 _udx_table() {
     case "$1" in
-        "") words="changeset config db demo export pantry pantry-sim pass saga status whatis --db --config -v --verbose --log-format -h --help"; value_opts="--db --config --log-format" ;;
+        "") words="changeset config db demo export pantry pantry-sim pass saga status volume whatis --db --config -v --verbose --log-format -h --help"; value_opts="--db --config --log-format" ;;
         "changeset") words="--json -h --help"; value_opts="" ;;
         "config") words="init show -h --help"; value_opts="" ;;
         "config init") words="--force -h --help"; value_opts="" ;;
@@ -91,6 +94,9 @@ _udx_table() {
         "saga retry-undo") words="--json -h --help"; value_opts="" ;;
         "saga show") words="--json -h --help"; value_opts="" ;;
         "status") words="--json -h --help"; value_opts="" ;;
+        "volume") words="list show -h --help"; value_opts="" ;;
+        "volume list") words="--deleted --json -h --help"; value_opts="" ;;
+        "volume show") words="--json -h --help"; value_opts="" ;;
         "whatis") words="--json -h --help"; value_opts="" ;;
     esac
 }

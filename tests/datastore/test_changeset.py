@@ -331,3 +331,43 @@ def test_preview_json_escapes_each_odd_pantry_ip(db: Database, ip: str) -> None:
         text = changeset.preview_json(conn)
     assert text == python_json(db)
     assert text.isascii() and "\x7f" not in text
+
+
+@pytest.mark.parametrize("state", seed.SNAPSHOT_STATES)
+def test_every_snapshot_state_is_exportable_while_not_deleted(db: Database, state: str) -> None:
+    """As upstream: the changeset looks at time_deleted, not at the state, so a
+    creating, faulted or destroyed snapshot that is not deleted gets a record."""
+    with db.begin() as conn:
+        s = seed.Seeder()
+        live = s.add_snapshot(state=state)
+        s.add_snapshot(state=state, deleted=True)  # deleted: never requested
+        s.flush(conn)
+    pre, post = both(db)
+    for cs in (pre, post):
+        assert cs.request_required == [ResourceRef(SNAP, live)], state  # not `gone`
+
+
+def test_seeded_fleet_has_every_snapshot_state_and_both_target_kinds(db: Database) -> None:
+    from sqlalchemy import func, select
+
+    from udx.db.schema import region, snapshot, volume_resource_usage
+    from udx.testing.invariants import check_invariants
+
+    with db.begin() as conn:
+        refs = seed.seed_fleet(conn, snapshots=10, project_images=2, silo_images=2, deleted=3)
+    with db.connect() as conn:
+        states = set(conn.execute(select(snapshot.c.state)).scalars())
+        kinds = dict(conn.execute(
+            select(volume_resource_usage.c.usage_type, func.count())
+            .group_by(volume_resource_usage.c.usage_type)
+        ).all())
+        read_only_regions = conn.execute(
+            select(func.count()).select_from(region).where(region.c.read_only)
+        ).scalar_one()
+    assert states == set(seed.SNAPSHOT_STATES)
+    assert kinds["read_only_region"] >= 3 and kinds["region_snapshot"] >= 30
+    assert read_only_regions >= kinds["read_only_region"]
+    assert len(refs) == 14
+    with db.connect() as conn:
+        assert sorted(changeset.preview(conn).request_required) == sorted(refs)
+    assert check_invariants(db) == []

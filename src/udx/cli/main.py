@@ -21,6 +21,7 @@ from udx.cli import pantry as pantry_cmd
 from udx.cli import pantry_sim as pantry_sim_cmd
 from udx.cli import pass_ as pass_cmd
 from udx.cli import saga as saga_cmd
+from udx.cli import volume as volume_cmd
 from udx.cli.common import STATE
 from udx.domain.errors import EXIT_FAILED, UdxError
 
@@ -165,6 +166,7 @@ app.add_typer(export_cmd.app, name="export")
 app.add_typer(pantry_cmd.app, name="pantry")
 app.add_typer(saga_cmd.app, name="saga")
 ops_cmd.register(app)
+app.add_typer(volume_cmd.app, name="volume")
 pantry_sim_cmd.register(app)
 demo_cmd.register(app)
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
+    func,
     literal_column,
     null,
     or_,
@@ -38,7 +39,7 @@ from sqlalchemy import (
 )
 
 from udx.db.schema import crucible_dataset, region, region_snapshot, volume, volume_resource_usage
-from udx.db.types import GUID, utcnow
+from udx.db.types import GUID, UTCDateTime, utcnow
 from udx.domain.address import PantryAddress
 from udx.domain.errors import BadInput, Conflict, NotFound, UdxError
 
@@ -480,8 +481,8 @@ def get(conn: Connection, volume_id: uuid.UUID) -> VolumeRow | None:
 
 
 def usage_of(conn: Connection, volume_id: uuid.UUID) -> list[ReadOnlyResource]:
-    rows = conn.execute(select(*_USAGE_COLUMNS).where(usage.c.volume_id == volume_id))
-    return sorted((ReadOnlyResource.from_row(r) for r in rows), key=ReadOnlyResource.sort_key)
+    """The resources a volume's usage rows name, sorted."""
+    return [r for _usage_id, r in usage_rows_of(conn, volume_id)]
 
 
 def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID) -> dict[str, Any]:
@@ -630,3 +631,184 @@ def soft_deleted_with_clean_up(conn: Connection) -> Iterator[tuple[uuid.UUID, Cl
     for vid, text in rows:
         yield vid, CleanUp.parse(text)
 
+
+
+# --- what an operator sees: `udx volume list|show` -------------------------------------
+
+
+def resource_json(r: ReadOnlyResource) -> dict[str, Any]:
+    if r.is_region_snapshot:
+        return {
+            "type": REGION_SNAPSHOT,
+            "dataset_id": str(r.snapshot_dataset_id),
+            "region_id": str(r.snapshot_region_id),
+            "snapshot_id": str(r.snapshot_id),
+        }
+    return {"type": READ_ONLY_REGION, "region_id": str(r.region_id)}
+
+
+@dataclass(frozen=True)
+class VolumeSummary:
+    id: uuid.UUID
+    time_created: Any
+    time_deleted: Any
+    targets: int | None  # None: the data cannot be read
+    usage_rows: int
+    clean_up: CleanUp | None
+    used_by: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "state": "live" if self.time_deleted is None else "deleted",
+            "time_created": self.time_created.isoformat(),
+            "time_deleted": self.time_deleted.isoformat() if self.time_deleted else None,
+            "targets": self.targets,
+            "usage_rows": self.usage_rows,
+            "resources_to_clean_up": self.clean_up.to_json() if self.clean_up is not None else None,
+            "used_by": self.used_by,
+        }
+
+
+def _owners(conn: Connection, ids: Sequence[uuid.UUID] | None) -> dict[uuid.UUID, list[str]]:
+    """Who names each volume: snapshots, images, export records. One statement."""
+    from udx.db.schema import image, snapshot, user_data_export
+
+    parts = [
+        select(literal_column("'snapshot'").label("kind"), snapshot.c.id, snapshot.c.volume_id,
+               cast(null(), Text).label("state"), snapshot.c.time_deleted),
+        select(literal_column("'image'"), image.c.id, image.c.volume_id, cast(null(), Text),
+               image.c.time_deleted),
+        select(literal_column("'export'"), user_data_export.c.id, user_data_export.c.volume_id,
+               user_data_export.c.state, cast(null(), UTCDateTime)),
+    ]
+    stmt = union_all(*parts).subquery()
+    q = select(stmt)
+    if ids is not None:
+        q = q.where(stmt.c.volume_id.in_(list(ids)))
+    out: dict[uuid.UUID, list[str]] = {}
+    for kind, oid, vid, state, deleted in conn.execute(q):
+        if vid is None:
+            continue
+        note = f" ({state})" if state else (" (deleted)" if deleted is not None else "")
+        out.setdefault(vid, []).append(f"{kind} {oid}{note}")
+    for names in out.values():
+        names.sort()
+    return out
+
+
+def list_volumes(conn: Connection, *, deleted: bool = False) -> list[VolumeSummary]:
+    """Live volumes (or soft-deleted ones), oldest first, with their counts and
+    who names them. Three statements whatever the number of volumes."""
+    cond = volume.c.time_deleted.is_not(None) if deleted else volume.c.time_deleted.is_(None)
+    rows = conn.execute(
+        select(
+            volume.c.id, volume.c.time_created, volume.c.time_deleted, volume.c.data,
+            volume.c.resources_to_clean_up,
+        )
+        .where(cond)
+        .order_by(volume.c.time_created, volume.c.id)
+    ).all()
+    counts: dict[uuid.UUID, int] = {
+        vid: int(n)
+        for vid, n in conn.execute(
+            select(usage.c.volume_id, func.count())
+            .select_from(usage.join(volume, volume.c.id == usage.c.volume_id))
+            .where(cond)
+            .group_by(usage.c.volume_id)
+        )
+    }
+    owners = _owners(conn, None)
+    out = []
+    for vid, created, time_deleted, data, clean_up_text in rows:
+        try:
+            targets: int | None = len(read_only_targets(parse_request(vid, data)))
+        except VolumeDataError:
+            targets = None
+        try:
+            clean_up = CleanUp.parse(clean_up_text) if time_deleted is not None else None
+        except (VolumeDataError, ValueError, KeyError, TypeError):
+            clean_up = None
+        out.append(
+            VolumeSummary(vid, created, time_deleted, targets, int(counts.get(vid, 0)), clean_up,
+                          owners.get(vid, []))
+        )
+    return out
+
+
+def describe_volume(conn: Connection, volume_id: uuid.UUID) -> dict[str, Any]:
+    """One volume as `udx volume show` prints it: its read-only targets, what
+    each resolves to and whether it has its usage row, every usage row, who
+    names the volume, and its cleanup list."""
+    row = conn.execute(
+        select(volume.c.id, volume.c.time_created, volume.c.time_modified,
+               volume.c.time_deleted, volume.c.data, volume.c.resources_to_clean_up)
+        .where(volume.c.id == volume_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"volume {volume_id} does not exist")
+    held = usage_rows_of(conn, volume_id)
+    data_error = None
+    targets: list[dict[str, Any]] = []
+    named: set[ReadOnlyResource] = set()
+    try:
+        addrs = read_only_targets(parse_request(volume_id, row.data))
+    except VolumeDataError as err:
+        data_error, addrs = str(err), []
+    resolved, problems = resolve_targets(conn, addrs)
+    # What a deleted volume read is normally being deleted itself: show it.
+    deleting_only = {
+        t: matches[0][0]
+        for t, matches in _resolve_rows(
+            conn, [t for t in addrs if t not in resolved], _RESOLVE_ANY
+        ).items()
+        if len(matches) == 1
+    } if len(resolved) < len(addrs) else {}
+    live = row.time_deleted is None
+    held_resources = {r for _uid, r in held}
+    for t in addrs:
+        res = resolved.get(t) or deleting_only.get(t)
+        if res is not None:
+            named.add(res)
+        targets.append({
+            "target": t,
+            "resolves_to": resource_json(res) if res else None,
+            "deleting": t in deleting_only,
+            # A live volume must resolve every target; a deleted one's being
+            # deleted is what its soft delete did.
+            "problem": problems.get(t) if live or t not in deleting_only else None,
+            "usage_row": res is not None and res in held_resources,
+        })
+    clean_up_error = None
+    clean_up = None
+    if row.resources_to_clean_up is not None:
+        try:
+            clean_up = CleanUp.parse(row.resources_to_clean_up).to_json()
+        except (VolumeDataError, ValueError, KeyError, TypeError) as err:
+            clean_up_error = f"unreadable: {err}"
+    return {
+        "id": str(row.id),
+        "state": "live" if row.time_deleted is None else "deleted",
+        "time_created": row.time_created.isoformat(),
+        "time_modified": row.time_modified.isoformat(),
+        "time_deleted": row.time_deleted.isoformat() if row.time_deleted else None,
+        "used_by": _owners(conn, [volume_id]).get(volume_id, []),
+        "data_error": data_error,
+        "targets": targets,
+        "usage": [
+            {"usage_id": str(uid), **resource_json(r), "named_by_data": r in named}
+            for uid, r in held
+        ],
+        "resources_to_clean_up": clean_up,
+        "resources_to_clean_up_error": clean_up_error,
+    }
+
+
+def usage_rows_of(
+    conn: Connection, volume_id: uuid.UUID
+) -> list[tuple[uuid.UUID, ReadOnlyResource]]:
+    rows = conn.execute(
+        select(usage.c.usage_id, *_USAGE_COLUMNS).where(usage.c.volume_id == volume_id)
+    )
+    out = [(r.usage_id, ReadOnlyResource.from_row(r)) for r in rows]
+    return sorted(out, key=lambda p: p[1].sort_key())
