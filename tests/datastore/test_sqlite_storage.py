@@ -72,6 +72,16 @@ def test_sqlite_file_is_readable_by_hand(sqlite_template: Path, tmp_path: Path) 
         assert raw.execute("SELECT typeof(deleting) FROM region_snapshot LIMIT 1").fetchone() == (
             "integer",
         )
+        # Usage rows by hand: which volumes read a region snapshot, in plain SQL.
+        users = raw.execute(
+            "SELECT u.volume_id, u.usage_type, typeof(u.region_id) FROM volume_resource_usage u "
+            "JOIN region_snapshot r ON r.dataset_id = u.region_snapshot_dataset_id "
+            "AND r.region_id = u.region_snapshot_region_id "
+            "AND r.snapshot_id = u.region_snapshot_snapshot_id"
+        ).fetchall()
+        assert len(users) == 9  # the snapshot's 3 targets and the image's 6
+        for vid, kind, t_region in users:
+            assert UUID_TEXT.match(vid) and kind == "region_snapshot" and t_region == "null"
     finally:
         raw.close()
 

@@ -171,7 +171,7 @@ def assert_converged(
 ) -> None:
     """Every live resource has exactly one record, Live, on an in-service pantry,
     attached exactly once there; no saga left running, unwinding or stuck; the
-    invariants (no orphan attachment, volume references) hold."""
+    invariants (no orphan attachment, volume usage rows) hold."""
     per = non_deleted_per_resource(db)
     wanted = {str(r.resource_id) for r in live}
     assert set(per) == wanted, (

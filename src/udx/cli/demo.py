@@ -169,7 +169,7 @@ def demo(
             raise typer.Exit(1)
         c.print(
             "every live resource has exactly one Live export, attached once; no orphan "
-            "attachments; volume references match"
+            "attachments; volume usage rows account for every read-only target"
         )
         # The display form: a database URL is never printed with its password.
         c.print(f"\nexplore it: udx --db {db.display_url} export list", markup=False)

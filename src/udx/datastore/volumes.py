@@ -201,11 +201,6 @@ def _canonical(target: str) -> tuple[str, int] | None:
     return addr.ip_text, addr.port
 
 
-def canonical_target(target: str) -> str:
-    parts = _canonical(target)
-    return target if parts is None else str(PantryAddress.from_parts(*parts))
-
-
 # The one statement that resolves targets: region snapshots by address and
 # read-only regions by (dataset ip, region port), neither being deleted (as
 # upstream's read_only_target_to_volume_resource_usage). Upstream takes a region
