@@ -181,7 +181,6 @@ class Seeder:
                         "region_id": key[1],
                         "snapshot_id": key[2],
                         "snapshot_addr": f"[{ip}]:{port}",
-                        "volume_references": 0,  # legacy: nothing reads it
                         "deleting": deleting,
                     }
                 )

@@ -125,6 +125,11 @@ CASES: list[tuple[str, list[str], int]] = [
     ("pantry expunge unknown", ["pantry", "expunge", "10.9.9.9:17000", "--yes"], 2),
     ("pantry affected bad", ["pantry", "affected", "--pantry", "10.0.0.1"], 2),
     ("pantry list option", ["pantry", "list", "--check"], 2),
+    # volume
+    ("volume list option", ["volume", "list", "--gone"], 2),
+    ("volume show id", ["volume", "show", "nope"], 2),
+    ("volume show unknown", ["volume", "show", UNKNOWN], 2),
+    ("volume show nothing", ["volume", "show"], 2),
     # saga
     ("saga list state", ["saga", "list", "--state", "sleeping"], 2),
     ("saga list name", ["saga", "list", "--name", "export-crate"], 2),
