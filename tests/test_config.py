@@ -189,3 +189,113 @@ def test_static_source_needs_addresses(tmp_path) -> None:
     cfg.write_text('[pantry]\nsource = "static"\n')
     with pytest.raises(ConfigError, match="needs addresses"):
         load_settings(cfg, environ={})
+
+
+# --- numbers: finite, in range, with the unit in the error (issue 14 item 8) --------------
+
+
+@pytest.mark.parametrize(
+    ("key", "toml_value"),
+    [
+        ("[saga]\nlease_secs", "inf"),
+        ("[saga]\nlease_secs", "nan"),
+        ("[saga]\nlease_secs", "-inf"),
+        ("[saga]\nlease_secs", "1e300"),
+        ("[pantry]\nretry_budget_secs", "1e300"),
+        ("[pantry]\nrequest_timeout_secs", "inf"),
+        ("[database]\nbusy_timeout_secs", "nan"),
+        ("[database]\nbusy_timeout_secs", "-1"),
+    ],
+)
+def test_file_numbers_must_be_finite_and_in_range(
+    tmp_path: Path, key: str, toml_value: str
+) -> None:
+    path = write(tmp_path, f"{key} = {toml_value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert "seconds" in str(err.value), err.value
+    assert key.split("\n")[1] in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "needle"),
+    [
+        ("UDX_SAGA_LEASE_SECS", "inf", "seconds"),
+        ("UDX_SAGA_LEASE_SECS", "nan", "must be a number"),
+        ("UDX_SAGA_LEASE_SECS", "infinity", "must be a number"),
+        ("UDX_SAGA_LEASE_SECS", "1e300", "seconds"),
+        ("UDX_PANTRY_RETRY_BUDGET_SECS", "\u0661\u0662", "must be a number"),  # Arabic-Indic digits
+        ("UDX_PANTRY_REQUEST_TIMEOUT_SECS", "\uff11\uff10", "must be a number"),  # full-width
+        ("UDX_PANTRY_REQUEST_TIMEOUT_SECS", "1_0", "must be a number"),
+        ("UDX_COORDINATOR_CONCURRENCY", "\u0661\u0662", "whole number"),
+        ("UDX_COORDINATOR_CONCURRENCY", "1e3", "whole number"),
+        ("UDX_COORDINATOR_CONCURRENCY", "99999999999999999999", "sagas"),
+        ("UDX_DATABASE_BUSY_TIMEOUT_SECS", "7200", "seconds"),
+    ],
+)
+def test_environment_numbers_must_be_ascii_finite_and_in_range(
+    var: str, value: str, needle: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={var: value})
+    assert needle in str(err.value) and "environment" in str(err.value), err.value
+
+
+def test_numbers_in_range_are_taken(tmp_path: Path) -> None:
+    s = load_settings(
+        environ={
+            "UDX_SAGA_LEASE_SECS": " 1.5e1 ",
+            "UDX_COORDINATOR_CONCURRENCY": "+16",
+            "UDX_DATABASE_BUSY_TIMEOUT_SECS": "0",
+        }
+    )
+    assert s.saga.lease_secs == 15.0 and s.coordinator.concurrency == 16
+    assert s.database.busy_timeout_secs == 0.0
+    assert load_settings(environ={}).database.busy_timeout_secs == 30.0
+
+
+# --- unknown UDX_* variables are refused, like unknown file keys -----------------------------
+
+
+def test_unknown_environment_variable_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={"UDX_PANTRY_RETRY_BUDGET": "5"})
+    assert "UDX_PANTRY_RETRY_BUDGET" in str(err.value)
+    assert "did you mean UDX_PANTRY_RETRY_BUDGET_SECS?" in str(err.value)
+    assert err.value.exit_code == 2
+    with pytest.raises(ConfigError, match="unknown variable UDX_FROB"):
+        load_settings(environ={"UDX_FROB": "1"})
+
+
+def test_known_non_setting_variables_are_accepted(tmp_path: Path) -> None:
+    other = write(tmp_path, "[coordinator]\nconcurrency = 5\n")
+    s = load_settings(environ={"UDX_REQUIRE_POSTGRES": "1", "UDX_CONFIG": str(other)})
+    assert s.coordinator.concurrency == 5
+    # Not udx's prefix: click's completion variable and look-alikes are left alone.
+    load_settings(environ={"_UDX_COMPLETE": "bash_source", "UDXX_A": "1", "MY_UDX_B": "2"})
+
+
+def test_every_udx_variable_the_project_names_is_known() -> None:
+    """Any UDX_* name in the code, tests, scripts or README must be a setting or in
+    OTHER_ENV_VARS; otherwise setting it would be refused as a typo."""
+    import re
+
+    from udx.config import OTHER_ENV_VARS, setting_env_vars
+
+    root = Path(__file__).resolve().parents[1]
+    known = set(setting_env_vars()) | set(OTHER_ENV_VARS)
+    found: dict[str, str] = {}
+    files = [root / "README.md", *root.glob("docs/**/*.md")]
+    for sub in ("src", "tests", "scripts", "bench", ".ci"):
+        files += [p for p in (root / sub).rglob("*") if p.is_file() and p.suffix in (".py", "")]
+    for p in files:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for m in re.finditer(r"(?<![A-Za-z0-9_])UDX_[A-Z0-9_]*[A-Z0-9]", text):
+            found.setdefault(m.group(0), str(p.relative_to(root)))
+    # Names tests use on purpose as typos.
+    typos = {"UDX_PANTRY_RETRY_BUDGET", "UDX_FROB"}
+    unknown = {k: v for k, v in found.items() if k not in known and k not in typos}
+    assert not unknown, f"UDX_* names that udx would refuse: {unknown}"
