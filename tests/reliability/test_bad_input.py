@@ -37,6 +37,19 @@ CASES: list[tuple[str, list[str], int]] = [
     ("db url garbage", ["--db", "::not a url::", "changeset"], 2),
     ("db url sqlite dir", ["--db", "sqlite:////proc/no/such/dir/x.db", "changeset"], 3),
     ("db unreachable", ["--db", UNREACHABLE, "changeset"], 3),
+    # issue 14 item 9: each its documented code, not "internal error" (exit 1)
+    ("db url port range", ["--db", "postgresql://u:secret@127.0.0.1:99999/x", "changeset"], 2),
+    ("db url port text", ["--db", "postgresql://u:secret@127.0.0.1:abc/x", "changeset"], 2),
+    ("db url ipv6 open", ["--db", "postgresql://u:secret@[::1/x", "changeset"], 2),
+    ("db url ipv6 open port", ["--db", "postgresql://u@[::1:5432/x", "export", "list"], 2),
+    ("db not a database", ["--db", "sqlite:///{tmp}/garbage.toml", "changeset"], 3),
+    ("db not a database init", ["--db", "sqlite:///{tmp}/garbage.toml", "db", "init"], 3),
+    ("db path too long", ["--db", "sqlite:///{tmp}/" + "d" * 100_000, "changeset"], 3),
+    ("config path too long", ["--config", "{tmp}/" + "c" * 100_000, "changeset"], 2),
+    # issue 14 item 8: numbers finite and in range, unknown UDX_* names refused
+    ("config lease inf", ["--config", "{tmp}/lease_inf.toml", "pass"], 2),
+    ("config budget huge", ["--config", "{tmp}/budget_huge.toml", "pass"], 2),
+    ("config busy nan", ["--config", "{tmp}/busy_nan.toml", "export", "list"], 2),
     ("db unreachable pass", ["--db", UNREACHABLE, "pass"], 3),
     ("db unreachable status", ["--db", UNREACHABLE, "db", "status"], 3),
     ("config missing", ["--config", "{tmp}/missing.toml", "changeset"], 2),
@@ -187,6 +200,9 @@ CONFIGS = {
     "lease.toml": "[saga]\nlease_secs = 0\n",
     "isolation.toml": '[database]\nisolation = "chaos"\n',
     "static.toml": '[pantry]\nsource = "static"\naddresses = ["10.0.0.1"]\n',
+    "lease_inf.toml": "[saga]\nlease_secs = inf\n",
+    "budget_huge.toml": "[pantry]\nretry_budget_secs = 1e300\n",
+    "busy_nan.toml": "[database]\nbusy_timeout_secs = nan\n",
 }
 
 

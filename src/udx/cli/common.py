@@ -37,13 +37,22 @@ class AppState:
             self._settings = load_settings(self.config_path, database_url=self.db_url)
         return self._settings
 
-    def database(self, *, require_schema: bool = True) -> Database:
-        """Open the configured database; by default check the schema is current."""
+    def database(self, *, require_schema: bool = True, create: bool = False) -> Database:
+        """Open the configured database; by default check the schema is current.
+
+        Only `udx db init` passes `create`: every other command leaves a missing
+        SQLite file (and its directories) uncreated and says so (exit 3).
+        """
         from udx.db import migrate
         from udx.db.engine import open_database
 
         s = self.settings()
-        db = open_database(s.database_url, isolation=s.database.isolation.upper())
+        db = open_database(
+            s.database_url,
+            isolation=s.database.isolation.upper(),
+            create=create,
+            busy_timeout_secs=s.database.busy_timeout_secs,
+        )
         self._databases.append(db)
         if require_schema:
             migrate.require_current(db)

@@ -41,7 +41,7 @@ def init() -> None:
     """Create the schema on an empty database (a no-op when it is current)."""
     from udx.db import migrate
 
-    db = state().database(require_schema=False)
+    db = state().database(require_schema=False, create=True)
     before = migrate.status(db)
     if before.current is not None and before.up_to_date:
         stdout_console().print(f"schema already at version {before.current} on {db.display_url}")
@@ -58,13 +58,21 @@ def init() -> None:
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the schema version and the migrations not yet applied."""
     from udx.db import migrate
+    from udx.db.urls import mask_url
+    from udx.domain.errors import DatabaseMissing
 
-    db = state().database(require_schema=False)
-    st = migrate.status(db)
+    try:
+        db = state().database(require_schema=False)
+        st = migrate.status(db)
+        shown = db.display_url
+    except DatabaseMissing:  # looking must not create the file: report "none"
+        revisions = migrate.all_revisions()
+        st = migrate.SchemaStatus(current=None, head=revisions[-1], pending=revisions)
+        shown = mask_url(state().settings().database_url)
     if as_json:
         print_json(
             {
-                "database": db.display_url,
+                "database": shown,
                 "current": st.current,
                 "head": st.head,
                 "pending": st.pending,
@@ -73,7 +81,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         )
         return
     c = stdout_console()
-    c.print(f"database: {db.display_url}")
+    c.print(f"database: {shown}", markup=False)
     c.print(f"schema version: {st.current or 'none (run `udx db init`)'}")
     c.print(f"newest version: {st.head}")
     c.print(f"pending: {', '.join(st.pending) if st.pending else 'nothing'}")

@@ -19,8 +19,16 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
-from udx.db.urls import mask_secrets, normalize_url
-from udx.domain.errors import BadInput, DatabaseError, DatabaseUnavailable, UdxError
+from udx.db.urls import check_url_authority, mask_secrets, normalize_url
+from udx.domain.errors import (
+    BadInput,
+    DatabaseBusy,
+    DatabaseError,
+    DatabaseMissing,
+    DatabaseStorageFull,
+    DatabaseUnavailable,
+    UdxError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +43,32 @@ def _sqlstate(err: BaseException) -> str | None:
     return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
 
+def is_busy(err: BaseException) -> bool:
+    """SQLite's SQLITE_BUSY: another connection holds the lock we need."""
+    return isinstance(err, exc.OperationalError) and "database is locked" in str(err)
+
+
 def is_retryable(err: BaseException) -> bool:
     if _sqlstate(err) in _RETRYABLE_SQLSTATES:
         return True
-    # SQLite reports a busy database as OperationalError "database is locked".
-    return isinstance(err, exc.OperationalError) and "database is locked" in str(err)
+    return is_busy(err)
+
+
+# SQLSTATE class 53: insufficient resources (53100 disk_full, 53200 out of memory, ...).
+_STORAGE_TEXT = ("database or disk is full", "disk i/o error", "no space left on device")
+
+
+def is_storage_full(err: BaseException) -> bool:
+    if (_sqlstate(err) or "").startswith("53"):
+        return True
+    return isinstance(err, exc.DBAPIError) and any(s in str(err).lower() for s in _STORAGE_TEXT)
+
+
+def is_not_a_database(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, exc.DBAPIError) and (
+        "file is not a database" in text or "database disk image is malformed" in text
+    )
 
 
 def is_connection_error(err: BaseException) -> bool:
@@ -71,10 +100,13 @@ def is_connection_error(err: BaseException) -> bool:
 class Database:
     """One database: an engine plus udx's transaction discipline."""
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, *, busy_timeout_secs: float = 30.0) -> None:
         self.engine = engine
         self.url = url
         self.dialect = engine.dialect.name
+        # SQLite: how long a statement waits for another process's lock (the
+        # busy handler), after which a busy database is DatabaseBusy, exit 3.
+        self.busy_timeout_secs = busy_timeout_secs
         # Under contention (16 sagas at once, SERIALIZABLE) a transaction may lose
         # several times in a row; 20 attempts with the delay capped at 0.25 s give
         # up after roughly 4-7 s rather than failing a saga node on a busy moment.
@@ -87,11 +119,24 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file, or None (PostgreSQL, or an in-memory database)."""
+        if self.dialect != "sqlite":
+            return None
+        path = make_url(self.url).database
+        return path if path and path != ":memory:" else None
+
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A connection for reads (autobegun, rolled back at the end)."""
+        """A connection for reads (autobegun, rolled back at the end).
+
+        On SQLite its transaction is a plain (deferred) BEGIN: under WAL a reader
+        never waits for a writer, where BEGIN IMMEDIATE would queue behind it.
+        """
         try:
             with self.engine.connect() as conn:
+                conn.execution_options(udx_read_only=True)
                 yield conn
         except exc.DBAPIError as err:
             raise self.translate(err) from err
@@ -120,12 +165,16 @@ class Database:
         PostgreSQL, for writes whose safety rests on row locks alone.
         """
         delay = 0.005
+        start = time.monotonic()
         for attempt in range(1, self.retry_attempts + 1):
             try:
                 with self._begin(isolation) as conn:
                     return fn(conn)
             except exc.DBAPIError as err:
-                if is_retryable(err) and attempt < self.retry_attempts:
+                # A busy SQLite database already waited in SQLite's busy handler:
+                # retry only a busy answer that came early (not after the wait).
+                waited_out = is_busy(err) and time.monotonic() - start >= self.busy_timeout_secs
+                if is_retryable(err) and attempt < self.retry_attempts and not waited_out:
                     log.debug("%s: retrying after %s (attempt %d)", name, _sqlstate(err), attempt)
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 0.25)
@@ -167,6 +216,24 @@ class Database:
         """Map a driver error to a udx error (with the password masked)."""
         if isinstance(err, UdxError):
             return err
+        where = self.sqlite_path or self.display_url
+        if is_busy(err):
+            return DatabaseBusy(
+                f"the database {where} is busy: another process held its lock for more than "
+                f"{self.busy_timeout_secs:g} s ([database] busy_timeout_secs, "
+                "UDX_DATABASE_BUSY_TIMEOUT_SECS)"
+            )
+        detail_line = str(getattr(err, "orig", err)).strip().splitlines()
+        detail = mask_secrets(detail_line[0] if detail_line else type(err).__name__, self.url)
+        if is_storage_full(err):
+            return DatabaseStorageFull(
+                f"cannot write to the database {where}: {detail} (free space for it, "
+                "then run the command again: nothing was half-written)"
+            )
+        if is_not_a_database(err):
+            return DatabaseUnavailable(
+                f"cannot use the database {where}: {detail} (is it an SQLite database file?)"
+            )
         if is_connection_error(err):
             detail = str(getattr(err, "orig", err)).strip().splitlines()[0]
             return DatabaseUnavailable(
@@ -179,7 +246,7 @@ class _BoundDatabase(Database):
     """See `Database.bound_to`."""
 
     def __init__(self, outer: Database, conn: Connection) -> None:
-        super().__init__(outer.engine, outer.url)
+        super().__init__(outer.engine, outer.url, busy_timeout_secs=outer.busy_timeout_secs)
         self._outer = outer
         self._conn = conn
 
@@ -213,22 +280,27 @@ class _BoundDatabase(Database):
             raise self._failure(err, name) from err
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, busy_timeout_secs: float) -> None:
     # pysqlite's implicit transactions begin lazily and upgrade read locks to write
     # locks mid-transaction, which deadlocks concurrent writers. Take control:
-    # every transaction is BEGIN IMMEDIATE, so writers queue on busy_timeout.
+    # every writing transaction is BEGIN IMMEDIATE, so writers queue on
+    # busy_timeout; reads (`Database.connect`) are a deferred BEGIN, which under WAL
+    # reads a snapshot without waiting for any writer.
+    busy_ms = int(busy_timeout_secs * 1000)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")  # first: the next one may wait
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("udx_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 # A pooled connection unused for this long is pinged before it is handed out.
@@ -264,29 +336,30 @@ def _ping_idle_connections(engine: Engine) -> None:
 
 
 def open_database(
-    url: str, *, isolation: str = "SERIALIZABLE", create_dir: bool = True
+    url: str,
+    *,
+    isolation: str = "SERIALIZABLE",
+    create: bool = True,
+    busy_timeout_secs: float = 30.0,
 ) -> Database:
-    """Create a `Database` for `url`. Does not connect yet."""
+    """Create a `Database` for `url`. Does not connect yet.
+
+    `create=False`: an SQLite file that does not exist is DatabaseMissing (exit 3)
+    rather than created, with its directories, by merely looking at it.
+    """
     url = normalize_url(url)
+    check_url_authority(url)
     try:
         parsed = make_url(url)
-    except exc.ArgumentError:
+    except (exc.ArgumentError, ValueError):
         raise BadInput(f"malformed database URL {mask_secrets(url, url)!r}") from None
     backend = parsed.get_backend_name()
     kwargs: dict[str, Any] = {"future": True}
     if backend == "sqlite":
         db_path = parsed.database
-        if db_path and db_path != ":memory:" and create_dir:
-            parent = Path(db_path).expanduser().parent
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                # As SQLite's own "unable to open database file": unreachable, exit 3.
-                raise DatabaseUnavailable(
-                    f"cannot open the database {db_path}: cannot create {parent}: "
-                    f"{err.strerror or err}"
-                ) from None
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
+            _prepare_sqlite_path(Path(db_path).expanduser(), create)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_secs}
     elif backend in ("postgresql", "cockroachdb"):
         kwargs["isolation_level"] = isolation
         kwargs["connect_args"] = {"connect_timeout": 5}
@@ -302,7 +375,40 @@ def open_database(
     except (exc.ArgumentError, exc.NoSuchModuleError) as err:
         raise BadInput(f"unusable database URL {mask_secrets(url, url)!r}: {err}") from None
     if backend == "sqlite":
-        _sqlite_setup(engine)
+        _sqlite_setup(engine, busy_timeout_secs)
     else:
         _ping_idle_connections(engine)
-    return Database(engine, url)
+    return Database(engine, url, busy_timeout_secs=busy_timeout_secs)
+
+
+def _prepare_sqlite_path(path: Path, create: bool) -> None:
+    """Check (and with `create`, make) the directory of an SQLite file."""
+    try:
+        exists = path.exists()
+    except OSError as err:  # a name too long, a path through a regular file
+        raise DatabaseUnavailable(
+            f"cannot open the database {_shown(path)}: {err.strerror or err}"
+        ) from None
+    if exists:
+        if path.is_dir():
+            raise DatabaseUnavailable(f"cannot open the database {path}: it is a directory")
+        return
+    if not create:
+        raise DatabaseMissing(
+            f"no database at {_shown(path)}: run `udx db init` to create it "
+            "(or point --db / UDX_DATABASE_URL at the right one)"
+        )
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        # As SQLite's own "unable to open database file": unreachable, exit 3.
+        raise DatabaseUnavailable(
+            f"cannot open the database {_shown(path)}: cannot create {_shown(parent)}: "
+            f"{err.strerror or err}"
+        ) from None
+
+
+def _shown(path: Path, limit: int = 200) -> str:
+    text = str(path)
+    return text if len(text) <= limit else f"{text[: limit // 2]}...({len(text)} characters)"

@@ -26,6 +26,41 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def check_url_authority(url: str) -> None:
+    """BadInput (exit 2) for a host part that no driver could use: a port that is
+    not a number in 1..65535, an IPv6 host without its closing bracket."""
+    from udx.domain.errors import BadInput
+
+    parts = _split(url)
+    if parts is None:
+        return
+    host = parts[3]
+    shown = mask_url(url)
+    if len(shown) > 200:
+        shown = f"{shown[:100]}...({len(shown)} characters)"
+    if host.startswith("["):
+        close = host.find("]")
+        if close == -1:
+            raise BadInput(
+                f"malformed database URL {shown!r}: the IPv6 host has no closing ']' "
+                "(expected [address]:port)"
+            )
+        port_text = host[close + 1 :]
+        if port_text and not port_text.startswith(":"):
+            raise BadInput(f"malformed database URL {shown!r}: expected ':port' after ']'")
+        port_text = port_text[1:]
+    else:
+        if "]" in host:
+            raise BadInput(f"malformed database URL {shown!r}: ']' without '['")
+        port_text = host.rpartition(":")[2] if ":" in host else ""
+    if port_text and (
+        not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) <= 65535
+    ):
+        raise BadInput(
+            f"malformed database URL {shown!r}: port {port_text!r} is not a number in 1..65535"
+        )
+
+
 def _split(url: str) -> tuple[str, str, str | None, str, str] | None:
     """(scheme, user, password, host part, rest) of one URL, or None."""
     scheme, sep, rest = url.partition("://")

@@ -60,10 +60,22 @@ class DatabaseUnavailable(UdxError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class DatabaseBusy(DatabaseUnavailable):
+    """SQLite: another process held the lock longer than [database] busy_timeout_secs."""
+
+
+class DatabaseStorageFull(DatabaseUnavailable):
+    """The database cannot grow: its disk (or its size limit) is full."""
+
+
 class SchemaOutOfDate(UdxError):
     """The schema is missing or older than this version of udx needs."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class DatabaseMissing(SchemaOutOfDate):
+    """The SQLite file does not exist (and this command must not create it)."""
 
 
 class InventoryUnavailable(UdxError):
