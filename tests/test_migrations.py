@@ -168,3 +168,74 @@ def test_0006_backfills_the_locks_already_in_the_saga_log(empty_db_url: str) -> 
             }
     finally:
         db.dispose()
+
+
+def test_0004_makes_pantry_addresses_canonical_and_merges_duplicates(empty_db_url: str) -> None:
+    """Two spellings of one pantry become one row; expunged wins; record addresses
+    are rewritten; values that are not addresses are left for the run-time report."""
+    import datetime as dt
+    import uuid
+
+    import sqlalchemy as sa
+
+    from udx.db.schema import pantry, user_data_export
+
+    db = open_database(empty_db_url)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    t1 = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+    p = sa.table(
+        "pantry", *(sa.column(c, pantry.c[c].type) for c in
+                    ("address", "state", "time_created", "time_expunged"))
+    )
+    cols = ("id", "state", "generation", "resource_id", "resource_type", "resource_deleted",
+            "pantry_ip", "pantry_port", "volume_id")
+    u = sa.table("user_data_export", *(sa.column(c, user_data_export.c[c].type) for c in cols))
+    try:
+        migrate.upgrade(db, "0003")
+        rows = [
+            ("[::1]:17123", "in_service", t1, None),
+            ("[0:0:0:0:0:0:0:1]:17123", "expunged", t0, t1),
+            ("[FD00::0002]:17000", "in_service", t0, None),
+            ("10.0.0.1:17000", "in_service", t0, None),
+            ("[::ffff:10.0.0.3]:1", "in_service", t0, None),
+            ("10.0.0.3:1", "in_service", t1, None),
+            ("garbage", "in_service", t0, None),
+        ]
+        records = {
+            "0:0:0:0:0:0:0:1": "::1",
+            "FD00::2": "fd00::2",
+            "::ffff:10.0.0.3": "10.0.0.3",
+            "10.0.0.1": "10.0.0.1",
+            "garbage": "garbage",
+            "fe80::1%eth0": "fe80::1%eth0",
+        }
+        ids = {ip: uuid.uuid4() for ip in records}
+        with db.begin() as conn:
+            for a, state, created, expunged in rows:
+                conn.execute(p.insert().values(
+                    address=a, state=state, time_created=created, time_expunged=expunged
+                ))
+            for ip, rid in ids.items():
+                conn.execute(u.insert().values(
+                    id=rid, state="live", generation=1, resource_id=uuid.uuid4(),
+                    resource_type="snapshot", resource_deleted=False, pantry_ip=ip,
+                    pantry_port=17000, volume_id=uuid.uuid4(),
+                ))
+        migrate.upgrade(db, "0004")
+        with db.connect() as conn:
+            got = {r.address: r for r in conn.execute(sa.select(p))}
+            ips = dict(conn.execute(sa.select(u.c.id, u.c.pantry_ip)).all())
+        assert sorted(got) == sorted(
+            ["[::1]:17123", "[fd00::2]:17000", "10.0.0.1:17000", "10.0.0.3:1", "garbage"]
+        )
+        merged = got["[::1]:17123"]
+        assert merged.state == "expunged"  # the more conservative state wins
+        assert merged.time_expunged is not None
+        assert got["10.0.0.3:1"].state == "in_service"
+        assert got["[fd00::2]:17000"].state == "in_service"
+        assert got["garbage"].state == "in_service"  # not an address: left as it was
+        for ip, want in records.items():
+            assert ips[ids[ip]] == want, ip
+        migrate.upgrade(db)  # and on to the head
+    finally:
+        db.dispose()

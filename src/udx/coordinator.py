@@ -173,6 +173,17 @@ class Coordinator:
             if isinstance(status, PassStatus):
                 status.inventory_unavailable = True
             return None
+        try:
+            from udx.datastore import exports
+            from udx.pantry.inventory import invalid_entries
+
+            # Once per pass, each naming the row and the fix; the rest goes on.
+            status.errors.extend(invalid_entries(self.inventory))
+            with self.db.connect() as conn:
+                bad = exports.invalid_pantry_spellings(conn)
+            status.errors.extend(s.describe() for s in bad)
+        except UdxError as err:
+            status.errors.append(f"cannot check for invalid pantry addresses: {err}")
         if not addresses:
             # An empty list would mark every record on every pantry: far more likely a
             # misconfiguration (an empty static list, an emptied table) than a rack
@@ -229,7 +240,8 @@ class Coordinator:
         in-service pantry that no longer holds their volume (it restarted)."""
         lost: list[UserDataExport] = []
         for rec in live:
-            held = attached.get(rec.pantry_address) if rec.pantry_address else None
+            addr = rec.valid_pantry_address()  # not an address: reported in _in_service
+            held = attached.get(addr) if addr is not None else None
             if held is not None and not rec.resource_deleted and (
                 str(rec.volume_id).lower() not in held
             ):
@@ -577,13 +589,13 @@ class Coordinator:
             with self.db.connect() as conn:
                 affected = exports.records_on_expunged_pantries(conn, in_service)
             for rec in affected:
-                detail = f"pantry {rec.pantry_address} is not in service"
+                detail = f"pantry {rec.pantry_text} is not in service"
                 report.steps.append(_step("1-expunged", "mark for deletion", rec, detail))
                 to_delete[rec.id] = rec
             live = self._live_records()
             attached = self._probe(in_service)
             for rec in self._lost_records(live, attached):
-                detail = f"pantry {rec.pantry_address} lost volume {rec.volume_id}"
+                detail = f"pantry {rec.pantry_text} lost volume {rec.volume_id}"
                 report.steps.append(_step("1-lost", "mark for deletion", rec, detail))
                 to_delete[rec.id] = rec
             now, found = self._orphans(attached, write=False)

@@ -168,7 +168,7 @@ def _report(result: ExportOpResult, as_json: bool) -> None:
     else:
         c = stdout_console()
         rec = result.record
-        addr = rec.pantry_address
+        addr = rec.pantry_text
         c.print(f"export {rec.id}: {result.action}", markup=False)
         if result.saga_id:
             c.print(f"saga {result.saga_id}: {result.outcome}", markup=False)

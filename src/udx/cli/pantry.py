@@ -67,10 +67,15 @@ def list_(
     settings = state().settings()
     db = state().database()
     rows: dict[PantryAddress, dict[str, Any]] = {}
+    # Rows and record addresses that are not addresses: listed as invalid, never
+    # probed, never a reason to fail the whole list.
+    invalid: list[dict[str, Any]] = []
     if settings.pantry.source == "db":
         with db.connect() as conn:
-            for p in pantries.list_pantries(conn):
-                rows[p.address] = p.to_json()
+            found, bad_rows = pantries.scan(conn)
+        for p in found:
+            rows[p.address] = p.to_json()
+        invalid += [b.to_json() for b in bad_rows]
     else:
         for address in inventory_from_settings(settings, db).in_service():
             rows[address] = {
@@ -80,11 +85,25 @@ def list_(
                 "time_expunged": None,
             }
     live_by_pantry: dict[PantryAddress, set[str]] = {}
+    live_invalid: dict[str, int] = {}
     with db.connect() as conn:
         for rec in exports.list_exports(conn, states=[ExportState.LIVE]):
-            addr = rec.pantry_address
+            addr = rec.valid_pantry_address()
             if addr is not None:
                 live_by_pantry.setdefault(addr, set()).add(str(rec.volume_id))
+            elif rec.pantry_text is not None:
+                live_invalid[rec.pantry_text] = live_invalid.get(rec.pantry_text, 0) + 1
+        for spelling in exports.invalid_pantry_spellings(conn):
+            invalid.append(
+                {
+                    "address": spelling.text,
+                    "state": "invalid",
+                    "time_created": None,
+                    "time_expunged": None,
+                    "problem": f"named by {spelling.records} export record(s): {spelling.problem}",
+                    "live_exports": live_invalid.get(spelling.text, 0),
+                }
+            )
     # Pantries that Live records name but the inventory does not know: the
     # next pass treats them as expunged, so an operator should see them.
     for addr in live_by_pantry:
@@ -125,6 +144,21 @@ def list_(
         else:
             row["missing_on_pantry"] = None
             row["extra_on_pantry"] = None
+        out.append(row)
+    for bad in invalid:
+        row = {
+            **bad,
+            "checked": False,
+            "reachable": None,
+            "latency_ms": None,
+            "error": bad["problem"],
+            "volumes_attached": None,
+            "live_exports": bad.get("live_exports", 0),
+            "missing_on_pantry": None,
+            "extra_on_pantry": None,
+        }
+        row.pop("problem")
+        row.pop("stored_state", None)
         out.append(row)
 
     if as_json:
@@ -176,7 +210,7 @@ def affected(
     with db.connect() as conn:
         records = exports.records_on_expunged_pantries(conn, in_service)
     if only is not None:
-        records = [r for r in records if r.pantry_address == only]
+        records = [r for r in records if r.valid_pantry_address() == only]
     if as_json:
         print_json(
             {
@@ -198,7 +232,7 @@ def affected(
             str(r.id),
             f"{r.resource_type.value} {r.resource_id}",
             r.state.value,
-            str(r.pantry_address),
+            r.pantry_text or "-",
             str(r.volume_id) if r.volume_id else "-",
         )
     print_table(t, "records the next pass marks")
@@ -244,7 +278,7 @@ def expunge(
         on_it = [
             r
             for r in exports.records_on_expunged_pantries(conn, others)
-            if r.pantry_address == addr
+            if r.valid_pantry_address() == addr
         ]
     console = stdout_console()
     if not row.in_service:

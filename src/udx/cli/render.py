@@ -43,7 +43,9 @@ def export_rows(
     each locked record."""
     t = table("id", "type", "resource", "state", "gen", "saga", "deleted?", "pantry", "volume")
     for r in records:
-        addr = r.pantry_address
+        addr = r.pantry_text
+        if addr is not None and r.pantry_problem is not None:
+            addr += " (invalid)"
         t.add_row(
             str(r.id),
             r.resource_type.value,
@@ -52,7 +54,7 @@ def export_rows(
             str(r.generation),
             saga_cell(r, sagas or {}),
             "yes" if r.resource_deleted else "no",
-            str(addr) if addr else "-",
+            addr or "-",
             str(r.volume_id) if r.volume_id else "-",
         )
     print_table(t, title)

@@ -19,6 +19,8 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    false,
+    func,
     not_,
     or_,
     select,
@@ -28,8 +30,8 @@ from sqlalchemy.exc import IntegrityError
 
 from udx.datastore.resources import resource_table
 from udx.db.schema import image, snapshot, user_data_export
-from udx.domain.address import PantryAddress
-from udx.domain.errors import Conflict, NotFound
+from udx.domain.address import PantryAddress, format_address
+from udx.domain.errors import BadInput, Conflict, NotFound
 from udx.domain.model import ExportState, ResourceRef, ResourceType, UserDataExport
 
 t = user_data_export
@@ -540,21 +542,80 @@ def mark_for_deletion(conn: Connection, export_id: uuid.UUID) -> bool:
     return result.rowcount == 1
 
 
-def _on_pantry_outside(addresses: Iterable[PantryAddress]) -> ColumnElement[bool]:
-    """Records whose pantry address is set and is not one of `addresses`."""
-    pairs = sorted({(a.ip_text, a.port) for a in addresses})
-    has_pantry = and_(t.c.pantry_ip.is_not(None), t.c.pantry_port.is_not(None))
-    if not pairs:
-        return has_pantry
-    in_service = or_(*(and_(t.c.pantry_ip == ip, t.c.pantry_port == port) for ip, port in pairs))
-    return and_(has_pantry, not_(in_service))
+@dataclass(frozen=True)
+class PantrySpelling:
+    """One (pantry_ip, pantry_port) as stored on non-deleted records, with how many."""
+
+    ip: str
+    port: int
+    records: int
+    address: PantryAddress | None  # None: not an address (typed by hand)
+    problem: str | None = None
+
+    @property
+    def text(self) -> str:
+        return format_address(self.ip, self.port)
+
+    def describe(self) -> str:
+        ip = self.ip.replace("'", "''")
+        return (
+            f"{self.records} export record(s) name pantry {self.text!r}, which is not an "
+            f"address ({self.problem}): skipped (not checked, not marked); fix them by hand: "
+            f"UPDATE user_data_export SET pantry_ip = '<ip>', pantry_port = <port> "
+            f"WHERE pantry_ip = '{ip}' AND pantry_port = {self.port}"
+        )
+
+
+_SPELLINGS = (
+    select(t.c.pantry_ip, t.c.pantry_port, func.count())
+    .where(t.c.pantry_ip.is_not(None), t.c.pantry_port.is_not(None), t.c.state != "deleted")
+    .group_by(t.c.pantry_ip, t.c.pantry_port)
+)
+
+
+def pantry_spellings(conn: Connection) -> list[PantrySpelling]:
+    """Every pantry address non-deleted records name, as stored (one row per pantry,
+    so a small result whatever the record count). Matching addresses in Python
+    rather than comparing text in SQL makes any spelling of an in-service pantry
+    count as in service, and lets a value that is no address be skipped alone."""
+    out: list[PantrySpelling] = []
+    for ip, port, count in conn.execute(_SPELLINGS):
+        try:
+            address = PantryAddress.from_parts(ip, int(port))
+            out.append(PantrySpelling(ip, int(port), int(count), address))
+        except BadInput as err:
+            out.append(PantrySpelling(ip, int(port), int(count), None, str(err)))
+    return sorted(out, key=lambda s: (s.ip, s.port))
+
+
+def invalid_pantry_spellings(conn: Connection) -> list[PantrySpelling]:
+    return [s for s in pantry_spellings(conn) if s.address is None]
+
+
+def _on_pantries(pairs: Iterable[tuple[str, int]]) -> ColumnElement[bool]:
+    """Records whose stored (pantry_ip, pantry_port) is one of `pairs`."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return false()
+    return or_(*(and_(t.c.pantry_ip == ip, t.c.pantry_port == port) for ip, port in wanted))
+
+
+def _outside(conn: Connection, in_service: Iterable[PantryAddress]) -> ColumnElement[bool]:
+    """Records on a pantry that is a valid address not in `in_service`."""
+    up = set(in_service)
+    pairs = [
+        (s.ip, s.port)
+        for s in pantry_spellings(conn)
+        if s.address is not None and s.address not in up
+    ]
+    return _on_pantries(pairs)
 
 
 def records_on_expunged_pantries(
     conn: Connection, in_service: Iterable[PantryAddress], *, only_unmarked: bool = True
 ) -> list[UserDataExport]:
     """What `mark_expunged_pantries` would mark (read only)."""
-    q = select(t).where(_on_pantry_outside(in_service), t.c.state != S.DELETED.value)
+    q = select(t).where(_outside(conn, in_service), t.c.state != S.DELETED.value)
     if only_unmarked:
         q = q.where(t.c.resource_deleted.is_(False))
     return [row_to_export(r) for r in conn.execute(q.order_by(t.c.pantry_ip, t.c.pantry_port))]
@@ -563,12 +624,14 @@ def records_on_expunged_pantries(
 def mark_expunged_pantries(conn: Connection, in_service: Iterable[PantryAddress]) -> int:
     """Mark every not-yet-marked record on a pantry outside `in_service`.
 
-    One statement; returns how many rows it changed.
+    Two statements (the stored spellings, then one UPDATE); returns how many rows
+    it changed. Records whose pantry is not an address are left alone (see
+    `invalid_pantry_spellings`): nothing can tell whether that pantry is in service.
     """
     result = conn.execute(
         update(t)
         .where(
-            _on_pantry_outside(in_service),
+            _outside(conn, in_service),
             t.c.resource_deleted.is_(False),
             t.c.state != S.DELETED.value,
         )

@@ -1,7 +1,10 @@
 """Pantry addresses: "ip:port" for IPv4, "[ipv6]:port" for IPv6.
 
 Addresses are parsed into an (ip, port) value so that two spellings of one address
-("[fd00::0001]:17000" and "[fd00::1]:17000") compare equal.
+("[fd00::0001]:17000" and "[fd00::1]:17000", "[::ffff:10.0.0.1]:1" and "10.0.0.1:1")
+compare equal; `str()` is the one canonical spelling, the one udx stores. Host
+names ("localhost:17000") and IPv6 zone ids ("[fe80::1%eth0]:17000") are refused:
+a pantry is named by its address, and a zone id means nothing on another host.
 """
 
 from __future__ import annotations
@@ -30,12 +33,17 @@ class PantryAddress:
 
     @classmethod
     def from_parts(cls, ip: str | IPAddress, port: int) -> PantryAddress:
+        if isinstance(ip, str) and "%" in ip:
+            raise BadInput(_zone_refused(ip))
         try:
             parsed = ip if not isinstance(ip, str) else ipaddress.ip_address(ip.strip())
         except ValueError:
             raise BadInput(f"malformed pantry address: {ip!r} is not an IP address") from None
-        if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-            parsed = parsed.ipv4_mapped
+        if isinstance(parsed, ipaddress.IPv6Address):
+            if parsed.scope_id:
+                raise BadInput(_zone_refused(str(parsed)))
+            if parsed.ipv4_mapped is not None:
+                parsed = parsed.ipv4_mapped
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
             raise BadInput(f"malformed pantry address: port {port!r} is not in 1..65535")
         return cls(str(parsed), port)
@@ -44,6 +52,8 @@ class PantryAddress:
     def parse(cls, text: str) -> PantryAddress:
         """Parse "ip:port" or "[ipv6]:port"; BadInput with the reason otherwise."""
         raw = text.strip()
+        if "%" in raw:
+            raise BadInput(_zone_refused(text))
         if raw.startswith("["):
             host, sep, port_text = raw[1:].partition("]:")
             if not sep:
@@ -61,9 +71,14 @@ class PantryAddress:
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
+                if _looks_like_host_name(host):
+                    raise BadInput(
+                        f"malformed pantry address {text!r}: {host!r} is a host name; use an "
+                        'IP address ("ip:port" or "[ipv6]:port")'
+                    ) from None
                 raise BadInput(f"malformed pantry address {text!r}: bad IPv4 address") from None
-        if not (port_text.isascii() and port_text.isdigit()):
-            raise BadInput(f"malformed pantry address {text!r}: port must be a number")
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) <= 65535:
+            raise BadInput(f"malformed pantry address {text!r}: port must be a number in 1..65535")
         return cls.from_parts(host, int(port_text))
 
     def __str__(self) -> str:
@@ -72,3 +87,23 @@ class PantryAddress:
     @property
     def base_url(self) -> str:
         return f"http://{self}"
+
+
+def canonical_address(text: str) -> str:
+    """The one stored spelling of an address; BadInput when it is not one."""
+    return str(PantryAddress.parse(text))
+
+
+def _zone_refused(text: str) -> str:
+    return (
+        f"malformed pantry address {text!r}: IPv6 zone ids (%...) are not supported; "
+        "use a global or unique-local address"
+    )
+
+
+def _looks_like_host_name(host: str) -> bool:
+    """Letters, digits, '-' and '.', with a letter somewhere (so "300.1.1.1" is an
+    address that is wrong, not a name)."""
+    return bool(host) and any(c.isalpha() for c in host) and all(
+        c.isascii() and (c.isalnum() or c in "-.") for c in host
+    )

@@ -67,9 +67,33 @@ class UserDataExport:
 
     @property
     def pantry_address(self) -> PantryAddress | None:
+        """The record's pantry; BadInput when the stored one is not an address."""
         if self.pantry_ip is None or self.pantry_port is None:
             return None
         return PantryAddress.from_parts(self.pantry_ip, self.pantry_port)
+
+    @property
+    def pantry_problem(self) -> str | None:
+        """Why the stored pantry_ip/pantry_port is not an address (None: it is, or unset)."""
+        try:
+            _ = self.pantry_address
+        except BadInput as err:
+            return str(err)
+        return None
+
+    def valid_pantry_address(self) -> PantryAddress | None:
+        """`pantry_address`, or None when unset or not an address (see pantry_problem)."""
+        try:
+            return self.pantry_address
+        except BadInput:
+            return None
+
+    @property
+    def pantry_text(self) -> str | None:
+        """The stored pantry as "ip:port" text, valid or not (for lists)."""
+        if self.pantry_ip is None or self.pantry_port is None:
+            return None
+        return format_address(self.pantry_ip, self.pantry_port)
 
     def to_json(self) -> dict[str, Any]:
         """Every column, plus `pantry_address` (DESIGN.md section 7)."""

@@ -74,6 +74,17 @@ class DbInventory:
     def is_in_service(self, address: PantryAddress) -> bool:
         return address in self.in_service()
 
+    def invalid_entries(self) -> list[str]:
+        """Rows of the pantry table that are not addresses, each with its fix
+        (`in_service` skips them). Raises as `in_service` does."""
+        from udx.datastore import pantries
+
+        try:
+            with self.db.connect() as conn:
+                return [r.describe() for r in pantries.invalid_rows(conn)]
+        except UdxError as err:
+            raise InventoryUnavailable(f"cannot read the pantry table: {err}") from err
+
     def __repr__(self) -> str:
         return f"DbInventory({self.db.display_url})"
 
@@ -237,6 +248,13 @@ def _addresses_by_name(response: dns.message.Message | None) -> dict[dns.name.Na
         if rrset.rdtype in (dns.rdatatype.AAAA, dns.rdatatype.A):
             out.setdefault(rrset.name, []).extend(r.address for r in rrset)
     return out
+
+
+def invalid_entries(inventory: Inventory) -> list[str]:
+    """What an inventory skipped as not an address (only the pantry table can hold
+    such rows: the static list and DNS answers are checked when read)."""
+    find = getattr(inventory, "invalid_entries", None)
+    return list(find()) if find is not None else []
 
 
 def inventory_from_settings(settings: Settings, db: Database | None) -> Inventory:
