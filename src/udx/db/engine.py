@@ -227,8 +227,8 @@ class Database:
         detail = mask_secrets(detail_line[0] if detail_line else type(err).__name__, self.url)
         if is_storage_full(err):
             return DatabaseStorageFull(
-                f"cannot write to the database {where}: {detail} (free space for it, "
-                "then run the command again: nothing was half-written)"
+                f"cannot write to the database {where}: {detail} (is its file system full? "
+                "nothing was half-written: run the command again once it has room)"
             )
         if is_not_a_database(err):
             return DatabaseUnavailable(
