@@ -144,7 +144,8 @@ def diagnose(
             d.latest = _view(newest[0], saga_log.events(conn, newest[0].id), now)
         # The volume the pantry should hold: the record's, or the copy its create saga made.
         volume_id = record.volume_id
-        pantry_text = str(record.pantry_address) if record.pantry_address else None
+        valid = record.valid_pantry_address()  # one that is no address is not probed
+        pantry_text = str(valid) if valid is not None else None
         if volume_id is None and d.holder is not None and d.holder.saga.name == "export-create":
             ids = _saga_output(holder_events, "generate_ids")
             if isinstance(ids, dict) and "volume_id" in ids:
@@ -306,4 +307,12 @@ def _conclude(d: Diagnosis) -> None:
         d.command = "udx volume show " + str(rec.volume_id)
         return
     d.next_pass = "nothing"
+    if rec.pantry_problem is not None:
+        d.needs_person = True
+        d.verdict = f"live on {rec.pantry_text}, which is not an address: {rec.pantry_problem}"
+        d.command = (
+            "UPDATE user_data_export SET pantry_ip = '<ip>', pantry_port = <port> "
+            f"WHERE id = '{rec.id}'"
+        )
+        return
     d.verdict = f"healthy: live on {rec.pantry_address}"

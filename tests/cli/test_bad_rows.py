@@ -112,6 +112,12 @@ def test_a_record_whose_pantry_is_not_an_address_is_skipped_alone(
     cli.ok("pantry", "affected")
     cli.ok("pantry", "affected", "--pantry", str(sims[0].address))
     cli.ok("changeset", "--json")
+    r = cli("export", "diagnose", str(bad.id), "--json")  # says what is wrong, no exit 2
+    assert r.exit_code in (0, 1), r.stderr
+    verdict = json.loads(r.stdout)
+    assert "not an address" in json.dumps(verdict) and "UPDATE user_data_export" in r.stdout
+    shown = cli("export", "diagnose", str(bad.id))
+    assert f"garbage:{bad.pantry_port} (invalid)" in shown.stdout
     plan = cli("pass", "--dry-run", "--json")  # the dry run names it too
     assert plan.exit_code == 1
     assert len([e for e in json.loads(plan.stdout)["errors"] if "garbage" in e]) == 1

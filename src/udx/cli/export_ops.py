@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from udx.cli.common import confirm, print_json, state, stdout_console
+
+if TYPE_CHECKING:
+    from udx.domain.model import UserDataExport
 
 
 def register(app: typer.Typer) -> None:
@@ -123,7 +128,7 @@ def _render_diagnosis(d: object) -> None:
         ("resource", f"{rec.resource_type.value} {rec.resource_id}"),
         ("generation", str(rec.generation)),
         ("marked for deletion", "yes" if rec.resource_deleted else "no"),
-        ("pantry", str(rec.pantry_address) if rec.pantry_address else "-"),
+        ("pantry", _pantry_cell(rec)),
         ("volume", str(rec.volume_id) if rec.volume_id else "-"),
     ]
     for key in ("time_created", "time_modified"):
@@ -197,3 +202,9 @@ def _render_diagnosis(d: object) -> None:
     if d.command:
         verdict += f"  ->  {d.command}"
     console.print(verdict, markup=False)
+
+
+def _pantry_cell(rec: UserDataExport) -> str:
+    if rec.pantry_text is None:
+        return "-"
+    return rec.pantry_text + (" (invalid)" if rec.pantry_problem is not None else "")
