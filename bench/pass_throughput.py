@@ -177,6 +177,8 @@ def one_pass(cluster: Any, dbname: str, concurrency: int, *, profile: bool) -> d
         "errors": status.errors[:5],
         "error_count": len(status.errors),
         "statements": stmts.count,
+        "transactions": stmts.transactions,
+        "round_trips": stmts.round_trips,
         "exports_per_s": live / wall,
         "serialization_retries": counter.transaction_retries,
         "saga_log_write_retries": counter.log_write_retries,
@@ -218,7 +220,8 @@ def main() -> None:
             entry: dict[str, Any] = {"concurrency": c, "timed": timed}
             print(
                 f"concurrency {c}: {timed['live']}/{n} live in {timed['wall_s']:.2f}s = "
-                f"{timed['exports_per_s']:.1f} exports/s, {timed['statements']} statements, "
+                f"{timed['exports_per_s']:.1f} exports/s, {timed['statements']} statements "
+                f"in {timed['transactions']} transactions ({timed['round_trips']} round trips), "
                 f"{timed['serialization_retries']} serialization retries, "
                 f"pantry requests {timed['pantry_requests']}, errors {timed['error_count']}",
                 flush=True,
@@ -259,6 +262,8 @@ def main() -> None:
                 t["wall_s"],
                 t["exports_per_s"],
                 t["statements"] / n,
+                t["transactions"] / n,
+                t["round_trips"] / n,
                 t["serialization_retries"],
                 sum(t["pantry_requests"].values()) / n,
                 f"{split['database']:.0%}" if split else "-",
@@ -275,6 +280,8 @@ def main() -> None:
             "wall s",
             "exports/s",
             "SQL/export",
+            "txn/export",
+            "round trips/export",
             "40001 retries",
             "HTTP/export",
             "db",

@@ -242,3 +242,54 @@ def test_latency_on_volume_calls_carries_them_out_after_the_client_gave_up(
         assert time.monotonic() < deadline, "the late attach never happened"
         time.sleep(0.05)
     assert sim.attachments_created[str(vid)] == 1
+
+
+def test_connections_are_kept_alive_until_it_stops_listening(sim: SimulatedPantry) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection(sim.address.ip_text, sim.address.port, timeout=2)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/crucible/pantry/0")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("connection") is None
+            resp.read()
+        first = conn.sock
+        conn.request("GET", "/crucible/pantry/0")
+        conn.getresponse().read()
+        assert conn.sock is first  # one connection for every request
+        # Stopped listening: the idle kept-alive connection is closed too, so a
+        # pooled connection cannot keep reaching a "stopped" pantry.
+        sim.refuse_connections(True)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            conn.request("GET", "/crucible/pantry/0")
+            conn.getresponse()
+    finally:
+        conn.close()
+
+
+def test_a_request_in_flight_when_it_stops_listening_is_answered_then_closed(
+    sim: SimulatedPantry,
+) -> None:
+    import http.client
+    import threading
+
+    conn = http.client.HTTPConnection(sim.address.ip_text, sim.address.port, timeout=5)
+    answered: list[tuple[int, str | None]] = []
+    sim.set_latency(0.5)
+
+    def call() -> None:
+        conn.request("GET", "/crucible/pantry/0")
+        resp = conn.getresponse()
+        resp.read()
+        answered.append((resp.status, resp.getheader("connection")))
+
+    t = threading.Thread(target=call)
+    t.start()
+    deadline = time.monotonic() + 5
+    while not sim._busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sim.refuse_connections(True)
+    t.join(5)
+    conn.close()
+    assert answered == [(200, "close")]

@@ -43,9 +43,10 @@ def test_baseline_moves_the_amount(harness: SagaHarness) -> None:
     start, end, checkpoints = harness.baseline()
     assert start == {"counters": {"a": 100, "b": 0}, "applied": 0}
     assert end == {"counters": {"a": 93, "b": 7}, "applied": 2}
-    # created + 4 x (started, action_returned) + done; each node's `succeeded` is
-    # committed with the next node's `started` (or with done)
-    assert checkpoints == 10
+    # 4 x (started, action_returned) + done; each node's `succeeded` is committed
+    # with the next node's `started` (or with done); the saga row goes with the
+    # first `started`
+    assert checkpoints == 9
 
 
 def test_correct_saga_passes_the_in_process_checks(harness: SagaHarness) -> None:
@@ -55,16 +56,16 @@ def test_correct_saga_passes_the_in_process_checks(harness: SagaHarness) -> None
 
 
 def test_correct_saga_survives_a_crash_at_each_point(harness: SagaHarness) -> None:
-    assert harness.check_crash_at_each_point() == 10
+    assert harness.check_crash_at_each_point() == 9
 
 
 def test_correct_saga_survives_a_crash_at_each_point_while_unwinding(
     harness: SagaHarness,
 ) -> None:
-    # created, transfer_id/debit/credit x (started, returned), receipt started (with
+    # transfer_id/debit/credit x (started, returned), receipt started (with
     # credit's succeeded) + failed, then credit and debit x (undo_started, returned,
     # undo_finished), done
-    assert harness.check_crash_at_each_point(fail_at="receipt") == 16
+    assert harness.check_crash_at_each_point(fail_at="receipt") == 15
 
 
 # --- the same saga with every node in its log transaction ----------------------------------
@@ -76,10 +77,10 @@ def test_in_log_transaction_baseline_moves_the_amount(
     start, end, checkpoints = harness_in_log_transaction.baseline()
     assert start == {"counters": {"a": 100, "b": 0}, "applied": 0}
     assert end == {"counters": {"a": 93, "b": 7}, "applied": 2}
-    # created, then one transaction for all four nodes (they are consecutive and all
-    # run in their log transaction): 4 x action_returned inside it, then its commit,
-    # which also ends the saga
-    assert checkpoints == 6
+    # one transaction for all four nodes (they are consecutive and all run in their
+    # log transaction) and the saga row: 4 x action_returned inside it, then its
+    # commit, which also ends the saga
+    assert checkpoints == 5
 
 
 def test_in_log_transaction_passes_the_in_process_checks(
@@ -95,18 +96,19 @@ def test_in_log_transaction_survives_a_crash_at_each_point(
     harness_in_log_transaction: SagaHarness,
 ) -> None:
     # A crash at action_returned is inside the open transaction: the actions' effects
-    # are rolled back with their log entries, and recovery runs them again.
-    assert harness_in_log_transaction.check_crash_at_each_point() == 6
+    # are rolled back with their log entries and the saga row itself, so there is
+    # nothing to recover and the world is as it started.
+    assert harness_in_log_transaction.check_crash_at_each_point() == 5
 
 
 def test_in_log_transaction_survives_a_crash_at_each_point_while_unwinding(
     harness_in_log_transaction: SagaHarness,
 ) -> None:
-    # created; the four-node transaction: 3 x returned, then receipt fails and it all
+    # the four-node transaction: 3 x returned, then receipt fails and it all
     # rolls back; one transaction per node: 3 x (returned, succeeded), receipt's
     # failure (started + failed in one write); credit and debit x (undo returned,
     # undo_finished); done
-    assert harness_in_log_transaction.check_crash_at_each_point(fail_at="receipt") == 16
+    assert harness_in_log_transaction.check_crash_at_each_point(fail_at="receipt") == 15
 
 
 @pytest.mark.parametrize("in_log_transaction", [False, True], ids=["separate", "in-log-txn"])

@@ -183,9 +183,10 @@ def test_the_last_node_ends_the_saga_in_its_own_transaction(db: Database) -> Non
     with SagaExecutor(db, [d]) as ex, count_statements(db.engine) as log:
         result = ex.run("one-node", {})
     assert result.outcome == "succeeded"
-    # the saga row; then one transaction: claim (moving it to done), the action, the
-    # two events in one statement
-    assert log.count == 4, log.statements
+    # one transaction: the saga row (inserted done: its first write is its last),
+    # the action, the two events in one statement
+    assert log.count == 3, log.statements
+    assert log.transactions == 1
 
 
 # --- the pieces -------------------------------------------------------------------------------
@@ -318,9 +319,11 @@ def test_a_calling_out_node_after_one_in_its_log_transaction_is_started_with_it(
         ("a", "started"), ("a", "succeeded"), ("b", "started"),
         ("b", "succeeded"), ("c", "started"), ("c", "succeeded"),
     ]  # fmt: skip
-    # saga row; a: claim, update, events; c: claim, update, events (b's own
-    # `succeeded` goes with c's events) -- and `seen` read the log once
-    assert log.count == 7 + 1, log.statements
+    # a: the saga row (no claim: inserting it holds it), update, events; c: claim,
+    # update, events (b's own `succeeded` goes with c's events) -- and `seen` read
+    # the log once
+    assert log.count == 6 + 1, log.statements
+    assert log.transactions == 2 + 1
 
 
 def test_consecutive_nodes_share_one_log_transaction(db: Database) -> None:
@@ -335,9 +338,9 @@ def test_consecutive_nodes_share_one_log_transaction(db: Database) -> None:
     assert result.outcome == "succeeded"
     assert result.outputs == {"x": {"added": -1}, "y": {"added": 1}, "z": {"added": 1}}
     assert counters(db) == {"a": 99, "b": 2}
-    # the saga row; then one transaction: the claim (moving it to done), three
-    # updates, all six events in one statement
-    assert log.count == 6, log.statements
+    # one transaction: the saga row, three updates, all six events in one statement
+    assert log.count == 5, log.statements
+    assert log.transactions == 1
     assert events(db, result.saga_id) == [
         ("x", "started"), ("x", "succeeded"), ("y", "started"),
         ("y", "succeeded"), ("z", "started"), ("z", "succeeded"),
@@ -440,7 +443,8 @@ def test_a_slow_log_write_is_followed_by_a_fresh_claim(db: Database) -> None:
     claims = [
         s for s in log.statements if s.startswith("UPDATE saga SET") and "adopt_generation" in s
     ]
-    assert len(claims) == 3  # the group's write, the fresh claim, the final write
+    # the fresh claim and the final write (the group's write inserted the saga row)
+    assert len(claims) == 2
 
 
 def test_the_fresh_claim_stops_a_saga_adopted_meanwhile(db: Database) -> None:
@@ -507,3 +511,65 @@ def test_a_real_serialization_failure_from_the_database_reruns_the_group(
         result = ex.run("real40001", {})
     assert result.outcome == "succeeded" and result.outputs["only"] == 2
     assert counters(db)["b"] == 1
+
+
+# --- the saga row goes with the first log write ----------------------------------------------
+
+
+def test_a_taken_saga_id_is_a_conflict_and_nothing_of_the_new_saga_runs(db: Database) -> None:
+    counter_saga.reset(db)
+    sid, other = uuid.uuid4(), uuid.uuid4()
+    now = utcnow()
+    with db.begin() as conn:
+        saga_log.insert(
+            conn, saga_id=sid, name="someone-else", params_json="{}", sec_id=other,
+            now=now, lease_expires=now,
+        )  # fmt: skip
+    d = SagaDefinition("taken", [add_node("one", "a", 1)])
+    with SagaExecutor(db, [d]) as ex, pytest.raises(Conflict, match="already exists"):
+        ex.run("taken", {}, saga_id=sid)
+    assert counters(db)["a"] == 100  # its action never ran
+    with db.connect() as conn:
+        rec = saga_log.get_required(conn, sid)
+    assert (rec.name, rec.current_sec, rec.saga_state) == ("someone-else", other, "running")
+    assert events(db, sid) == []
+
+
+def test_a_first_node_that_calls_out_runs_after_its_saga_row_and_started_commit(
+    db: Database,
+) -> None:
+    seen: list[tuple[str | None, list[tuple[str, str]]]] = []
+
+    def calls_out(ctx: ActionContext) -> str:
+        with db.connect() as conn:
+            rec = saga_log.get(conn, ctx.saga_id)
+        seen.append((rec.saga_state if rec else None, events(db, ctx.saga_id)))
+        return "called"
+
+    d = SagaDefinition("callout-first", [Node("out", calls_out)])
+    with SagaExecutor(db, [d]) as ex:
+        result = ex.run("callout-first", {})
+    assert result.outcome == "succeeded"
+    assert seen == [("running", [("out", "started")])]
+
+
+def test_a_saga_whose_first_write_never_commits_leaves_nothing(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter_saga.reset(db)
+    real = db.transaction
+
+    def down(fn: Any, *, name: str = "transaction", isolation: str | None = None) -> Any:
+        if name == "saga log write":
+            raise exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return real(fn, name=name, isolation=isolation)
+
+    monkeypatch.setattr(db, "transaction", down)
+    d = SagaDefinition("never-logged", [add_node("one", "a", 1)])
+    with SagaExecutor(db, [d], log_write_attempts=2) as ex:
+        result = ex.run("never-logged", {})
+    assert result.outcome == "interrupted" and "cannot write the saga log" in (result.error or "")
+    monkeypatch.undo()
+    with db.connect() as conn:
+        assert saga_log.get(conn, result.saga_id) is None  # nothing to recover
+    assert counters(db)["a"] == 100

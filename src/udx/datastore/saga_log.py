@@ -146,6 +146,13 @@ def get(conn: Connection, saga_id: uuid.UUID) -> SagaRecord | None:
     return _record(row) if row else None
 
 
+_EXISTS = select(saga.c.id).where(saga.c.id == bindparam("b_id"))
+
+
+def exists(conn: Connection, saga_id: uuid.UUID) -> bool:
+    return conn.execute(_EXISTS, {"b_id": saga_id}).first() is not None
+
+
 def get_required(conn: Connection, saga_id: uuid.UUID) -> SagaRecord:
     rec = get(conn, saga_id)
     if rec is None:
@@ -228,7 +235,8 @@ _INSERT_SAGA = saga.insert().values(
     time_created=bindparam("b_now"),
     name=bindparam("b_name"),
     params=bindparam("b_params"),
-    saga_state="running",
+    saga_state=bindparam("b_state"),
+    outcome=bindparam("b_outcome"),
     current_sec=bindparam("b_sec"),
     adopt_generation=1,
     adopt_time=bindparam("b_now"),
@@ -245,15 +253,22 @@ def insert(
     sec_id: uuid.UUID,
     now: dt.datetime,
     lease_expires: dt.datetime,
+    state: str = "running",
+    outcome: str | None = None,
 ) -> None:
-    """A new saga, running, owned by `sec_id` at generation 1. Conflict when the id
-    is taken (the primary key refuses it: no read first)."""
+    """A new saga owned by `sec_id` at generation 1, running (or, written with its
+    first events, already in the state they lead to). Conflict when the id is taken
+    (the primary key refuses it: no read first)."""
+    if state not in SAGA_STATES:
+        raise ValueError(f"unknown saga state {state!r}")
     params = {
         "b_id": saga_id,
         "b_sec": sec_id,
         "b_now": now,
         "b_name": name,
         "b_params": params_json,
+        "b_state": state,
+        "b_outcome": outcome,
         "b_lease": lease_expires,
     }
     try:

@@ -17,12 +17,19 @@ out after the wait even when the client gave up meanwhile), `drip` (answers sent
 one byte at a time), `refuse_connections`, `restart`, `detach_503_times`.
 Counters (`attach_calls`, `detach_calls`, `attachments_created`, `detachments`)
 make "attached exactly once" a one-line assertion.
+
+Connections are kept alive (HTTP/1.1), as the real pantry's server does: a
+connection per request cost both sides more CPU than the request. When the
+simulator stops listening it also closes its idle connections (and each busy one
+after its answer), so no pooled connection keeps reaching a "stopped" pantry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -62,6 +69,20 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "udx-pantry-sim/1"
+    # An answer is two writes (headers, body): without TCP_NODELAY the body of a
+    # kept-alive connection can wait for the client's delayed ACK (~40 ms).
+    disable_nagle_algorithm = True
+    timeout = 60  # an idle kept-alive connection is closed after this
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.sim._track(self.connection, open_=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.sim._track(self.connection, open_=False)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -110,6 +131,9 @@ class SimulatedPantry:
         self.requests: list[RequestRecord] = []
         self.restarts = 0
         self.on_request: Callable[[RequestRecord], None] | None = None
+        self._conn_lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._busy: set[socket.socket] = set()  # connections answering a request
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -147,7 +171,6 @@ class SimulatedPantry:
         bind_host = self.host
         server_cls = _Server
         if ":" in bind_host:
-            import socket
 
             class _Server6(_Server):
                 address_family = socket.AF_INET6
@@ -173,6 +196,21 @@ class SimulatedPantry:
             server.server_close()  # closes the listening socket: new connections are refused
         if thread is not None:
             thread.join(timeout=5)
+        # Kept-alive connections would keep reaching a stopped pantry: close the
+        # idle ones now; a busy one closes after its answer (see `_write`).
+        with self._conn_lock:
+            idle = [c for c in self._connections if c not in self._busy]
+        for conn in idle:
+            with contextlib.suppress(OSError):  # already closed by the client
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def _track(self, conn: socket.socket, *, open_: bool) -> None:
+        with self._conn_lock:
+            if open_:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+                self._busy.discard(conn)
 
     # --- fault injection ---------------------------------------------------------
 
@@ -248,6 +286,15 @@ class SimulatedPantry:
     # --- request handling --------------------------------------------------------
 
     def _handle(self, h: _Handler, method: str) -> None:
+        with self._conn_lock:
+            self._busy.add(h.connection)
+        try:
+            self._answer(h, method)
+        finally:
+            with self._conn_lock:
+                self._busy.discard(h.connection)
+
+    def _answer(self, h: _Handler, method: str) -> None:
         path = h.path.split("?", 1)[0]
         try:
             length = int(h.headers.get("content-length") or 0)
@@ -293,24 +340,26 @@ class SimulatedPantry:
             pass  # the client gave up
         h.close_connection = True
 
-    @staticmethod
-    def _write(h: _Handler, status: int, body: Any, request_id: str) -> None:
+    def _write(self, h: _Handler, status: int, body: Any, request_id: str) -> None:
         data = b"" if body is None else json.dumps(body).encode()
+        # This connection's server stopped listening (or restarted listening as a
+        # new server) while it answered: answer, then close.
+        closing = h.server is not self._server
         try:
             h.send_response(status)
             h.send_header("x-request-id", request_id)
             if body is not None:
                 h.send_header("content-type", "application/json")
             h.send_header("content-length", str(len(data)))
-            # One request per connection: when the simulator stops listening,
-            # no pooled connection can keep reaching it.
-            h.send_header("connection", "close")
+            if closing:
+                h.send_header("connection", "close")
             h.end_headers()
             if data:
                 h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout); nothing to answer
-        h.close_connection = True
+            closing = True  # the client gave up (timeout); nothing to answer
+        if closing:
+            h.close_connection = True
 
     def _dispatch(self, method: str, path: str, raw: bytes, rid: str) -> Reply:
         volume_id: str | None = None

@@ -257,21 +257,13 @@ class SagaExecutor(SagaDriver):
     def _start(
         self, definition: SagaDefinition, params_json: str, saga_id: uuid.UUID
     ) -> SagaResult:
-        def insert(conn: Connection) -> None:
-            now = utcnow()
-            saga_log.insert(
-                conn,
-                saga_id=saga_id,
-                name=definition.name,
-                params_json=params_json,
-                sec_id=self.sec_id,
-                now=now,
-                lease_expires=now + timedelta(seconds=self.lease_secs),
-            )
-
-        self.db.transaction(insert, name="saga insert", isolation=LOG_ISOLATION)
-        self._checkpoint(saga_id, "created", None)
-        return self._drive(Run(saga_id, definition, params_json, 1), "running", fresh=True)
+        # No transaction of its own: the first log write inserts the saga row (with
+        # the first node's `started`, and the node itself when it runs in its log
+        # transaction). Until that commits nothing of the saga exists anywhere; a
+        # crash before it leaves nothing to recover. A taken saga_id is a Conflict
+        # from that first write, still before anything is logged.
+        run = Run(saga_id, definition, params_json, 1, logged=False)
+        return self._drive(run, "running", fresh=True)
 
     def _recover_one(self, rec: saga_log.SagaRecord) -> SagaResult | None:
         try:

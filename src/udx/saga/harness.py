@@ -13,7 +13,9 @@ snapshot of everything the saga touches; it checks:
    that SIGKILLs itself at each checkpoint in turn (right after every log write,
    and after every action or undo returned but before that is logged); after the
    lease, a recovering executor in this process must finish the saga to a correct
-   end: succeeded with the world of a normal run, or unwound to the starting world.
+   end: succeeded with the world of a normal run, or unwound to the starting world
+   (or, killed before the saga's first log write committed, no saga and the
+   starting world).
    With `fail_at=NODE` the same is done for a run that unwinds from NODE.
 
 `check_all()` runs all four. A check that finds a problem raises `HarnessFailure`
@@ -356,6 +358,13 @@ class SagaHarness:
                 child.communicate()
         where = self._run_child(child, saga_id, params, point, scenario)
         scenario += f" (after {where})"
+        with self.db.connect() as conn:
+            logged = saga_log.get(conn, saga_id) is not None
+        if not logged:
+            # Killed before the saga's first log write committed (that write inserts
+            # the saga row): nothing of it may exist, in the log or in the world.
+            self._expect_world(start, scenario, "the start (the saga never started)")
+            return
         self._recover(definition, saga_id, scenario)
         with self.db.connect() as conn:
             rec = saga_log.get_required(conn, saga_id)

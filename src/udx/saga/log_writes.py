@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from udx.datastore import saga_log
 from udx.db.types import utcnow
+from udx.domain.errors import Conflict
 from udx.saga.leases import SagaLeases
 from udx.saga.run import (
     LOG_ISOLATION,
@@ -43,6 +44,8 @@ class SagaLogWriter(SagaLeases):
         inside: Callable[[Connection, bool], list[Event]] | None = None,
     ) -> None:
         """One log write in one transaction, only while this executor owns the saga.
+        The first write of a saga started here inserts its row instead of claiming
+        it (`Run.logged`); a taken saga id is then a Conflict, passed on.
 
         `inside`, when given, runs in that transaction after `events` are written
         (an action in its log transaction); the events it returns are written after
@@ -66,13 +69,29 @@ class SagaLogWriter(SagaLeases):
         def txn(conn: Connection) -> None:
             written.clear()
             now = utcnow()
-            if not saga_log.claim(
+            lease = now + timedelta(seconds=self.lease_secs)
+            # The saga's first write inserts its row, which takes the row's lock as a
+            # claim would. After a lost acknowledgement that row may be there (this
+            # write's own commit): then claim it as any later write does.
+            if not run.logged and not (maybe_committed and saga_log.exists(conn, run.saga_id)):
+                saga_log.insert(
+                    conn,
+                    saga_id=run.saga_id,
+                    name=run.definition.name,
+                    params_json=run.params_json,
+                    sec_id=self.sec_id,
+                    now=now,
+                    lease_expires=lease,
+                    state=new_state or "running",
+                    outcome=outcome,
+                )
+            elif not saga_log.claim(
                 conn,
                 run.saga_id,
                 self.sec_id,
                 run.generation,
                 states=states,
-                lease_expires=now + timedelta(seconds=self.lease_secs),
+                lease_expires=lease,
                 new_state=new_state,
                 outcome=outcome,
             ):
@@ -101,6 +120,8 @@ class SagaLogWriter(SagaLeases):
             except ActionFailed:
                 raise
             except Exception as err:
+                if isinstance(err, Conflict) and not run.logged:
+                    raise  # the saga id is taken: nothing of this saga was written
                 if attempt == self._attempts:
                     raise Stop(
                         "interrupted", f"cannot write the saga log: {one_line(err)}"
@@ -109,6 +130,7 @@ class SagaLogWriter(SagaLeases):
                 maybe_committed = True
                 time.sleep(delay)
                 delay *= 3
+        run.logged = True
         if new_state != "done" and time.monotonic() - began > self.lease_secs / 3:
             self._reclaim(run, (new_state,) if new_state else states)
         last = written[-1] if written else None

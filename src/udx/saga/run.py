@@ -35,7 +35,7 @@ class Checkpoint(NamedTuple):
     """A point in a saga's execution, reported to `on_checkpoint` hooks (the crash
     harness kills a process at each one).
 
-    kind: "created", the event types ("started", "succeeded", "failed",
+    kind: the event types ("started", "succeeded", "failed",
     "undo_started", "undo_finished", "undo_failed") and "done" right after they are
     committed; "action_returned" / "undo_returned" after an action or undo returned
     but before its completion is logged (the point where a crash makes it run twice).
@@ -98,6 +98,9 @@ class Run:
     failed_node: str | None = None
     error: str | None = None
     error_type: str | None = None
+    # False until the saga's row is committed: a saga started here is inserted by
+    # its first log write, in the same transaction (one transaction fewer per saga).
+    logged: bool = True
 
     def result(self, outcome: Outcome, error: str | None = None) -> SagaResult:
         return SagaResult(

@@ -12,11 +12,18 @@ from sqlalchemy import Engine, event
 class StatementLog:
     def __init__(self) -> None:
         self.statements: list[str] = []
+        self.transactions = 0  # begun, explicitly or by autobegin (reads included)
 
     @property
     def count(self) -> int:
         # BEGIN/COMMIT/SAVEPOINT are bookkeeping, not queries.
         return sum(1 for s in self.statements if not _is_bookkeeping(s))
+
+    @property
+    def round_trips(self) -> int:
+        """Statements plus each transaction's BEGIN and COMMIT (or ROLLBACK): what a
+        client-server database (psycopg sends BEGIN on its own) is sent."""
+        return self.count + 2 * self.transactions
 
 
 def _is_bookkeeping(sql: str) -> bool:
@@ -33,8 +40,13 @@ def count_statements(engine: Engine | type[Engine]) -> Iterator[StatementLog]:
     def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         log.statements.append(statement)
 
+    def _begin(conn: Any) -> None:
+        log.transactions += 1
+
     event.listen(engine, "before_cursor_execute", _before)
+    event.listen(engine, "begin", _begin)
     try:
         yield log
     finally:
         event.remove(engine, "before_cursor_execute", _before)
+        event.remove(engine, "begin", _begin)
