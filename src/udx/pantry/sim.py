@@ -78,6 +78,11 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.server.sim._track(self.connection, open_=True)
 
+    def handle(self) -> None:
+        # A client closed a kept-alive connection abruptly (it exited): not an error.
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            super().handle()
+
     def finish(self) -> None:
         try:
             super().finish()
