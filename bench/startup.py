@@ -1,8 +1,11 @@
-"""Start-up: wall time of `udx --help` and which heavy modules it imports.
+"""Start-up: wall time of `udx --help` and which heavy modules it imports; and a
+database command's start-up against the imports it cannot avoid.
 
     python bench/startup.py [--quick]
 
-Goal: median under 0.25 s; none of sqlalchemy, httpx, psycopg imported.
+Goals: `udx --help` median under 0.25 s with none of sqlalchemy, httpx, psycopg
+imported; `udx changeset --json` on an empty SQLite database at most 1.2x
+`python -c "import sqlalchemy, psycopg"`, without the PostgreSQL dialect.
 """
 
 from __future__ import annotations
@@ -18,15 +21,21 @@ from _common import print_table, summary, timed_runs, udx_executable, write_resu
 
 HEAVY = ("sqlalchemy", "httpx", "httpcore", "psycopg", "alembic", "dns", "rich.progress")
 GOAL_S = 0.25
+DB_GOAL_RATIO = 1.2
+POSTGRESQL_DIALECT = "sqlalchemy.dialects.postgresql"
 
 
-def imported_modules(udx: str) -> list[tuple[str, int]]:
-    """(module, cumulative import microseconds) for every module `udx --help` imports."""
+def imported_modules(
+    udx: str, *args: str, env: dict[str, str] | None = None
+) -> list[tuple[str, int]]:
+    """(module, cumulative import microseconds) for every module `udx ARGS` imports
+    (`--help` by default)."""
     r = subprocess.run(
-        [sys.executable, "-X", "importtime", udx, "--help"],
+        [sys.executable, "-X", "importtime", udx, *(args or ("--help",))],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     out = []
     for line in r.stderr.splitlines():
@@ -75,6 +84,7 @@ def main() -> None:
         f"goal median < {GOAL_S}s: {'met' if ok_time else 'NOT met'}; "
         f"no heavy imports: {'met' if not heavy else 'NOT met'}"
     )
+    db = database_command(udx, runs, env)
     path = write_results(
         "startup",
         {
@@ -87,9 +97,55 @@ def main() -> None:
             "slowest_top_level_imports_ms": {m: us / 1000 for m, us in top_level[:12]},
             "goal_median_s": GOAL_S,
             "goal_met": ok_time and not heavy,
+            "database_command": db,
         },
     )
     print(f"results: {path}")
+
+
+def database_command(udx: str, runs: int, env: dict[str, str]) -> dict[str, object]:
+    """`udx changeset --json` on an empty SQLite database vs the bare imports of
+    sqlalchemy and psycopg (what any database command of a Python tool pays)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db_env = dict(env, UDX_DATABASE_URL=f"sqlite:///{tmp}/empty.sqlite3")
+        subprocess.run([udx, "db", "init"], env=db_env, check=True, capture_output=True)
+        cmd = [udx, "changeset", "--json"]
+        timed_runs(cmd, 2, db_env)
+        udx_times = timed_runs(cmd, runs, db_env)
+        imports = [sys.executable, "-c", "import sqlalchemy, psycopg"]
+        timed_runs(imports, 2, env)
+        import_times = timed_runs(imports, runs, env)
+        mods = {m for m, _ in imported_modules(udx, "changeset", "--json", env=db_env)}
+    u, i = summary(udx_times), summary(import_times)
+    ratio = u["median_s"] / i["median_s"]
+    pg_loaded = any(m == POSTGRESQL_DIALECT or m.startswith(POSTGRESQL_DIALECT + ".") for m in mods)
+    pydantic = "pydantic" in mods
+    print_table(
+        "a database command's start-up (empty SQLite database)",
+        ["what", "median s", "best s", "max s", "runs"],
+        [
+            ["udx changeset --json", u["median_s"], u["best_s"], u["max_s"], u["runs"]],
+            ["import sqlalchemy, psycopg", i["median_s"], i["best_s"], i["max_s"], i["runs"]],
+        ],
+    )
+    print(
+        f"ratio {ratio:.2f} (goal <= {DB_GOAL_RATIO}): "
+        f"{'met' if ratio <= DB_GOAL_RATIO else 'NOT met'}; "
+        f"PostgreSQL dialect imported: {'yes' if pg_loaded else 'no'}; "
+        f"pydantic imported (via Typer): {'yes' if pydantic else 'no'}"
+    )
+    return {
+        "command": "udx changeset --json (empty SQLite database)",
+        "udx": u,
+        "import_sqlalchemy_psycopg": i,
+        "ratio": ratio,
+        "goal_ratio": DB_GOAL_RATIO,
+        "postgresql_dialect_imported": pg_loaded,
+        "pydantic_imported": pydantic,
+        "goal_met": ratio <= DB_GOAL_RATIO and not pg_loaded,
+    }
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ _udx_is_command() {
         "export delete") return 0 ;;
         "export diagnose") return 0 ;;
         "export list") return 0 ;;
+        "export prune") return 0 ;;
         "export release") return 0 ;;
         "export show") return 0 ;;
         "pantry") return 0 ;;
@@ -46,6 +47,7 @@ _udx_is_command() {
         "saga") return 0 ;;
         "saga abandon") return 0 ;;
         "saga list") return 0 ;;
+        "saga prune") return 0 ;;
         "saga recover") return 0 ;;
         "saga resume") return 0 ;;
         "saga retry-undo") return 0 ;;
@@ -71,11 +73,12 @@ _udx_table() {
         "db status") words="--json -h --help"; value_opts="" ;;
         "db upgrade") words="-h --help"; value_opts="" ;;
         "demo") words="--pantries --snapshots -h --help"; value_opts="--pantries --snapshots" ;;
-        "export") words="create delete diagnose list release show -h --help"; value_opts="" ;;
+        "export") words="create delete diagnose list prune release show -h --help"; value_opts="" ;;
         "export create") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export delete") words="--yes -y --json -h --help"; value_opts="" ;;
         "export diagnose") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export list") words="--state --resource-type --json -h --help"; value_opts="--state --resource-type" ;;
+        "export prune") words="--older-than --dry-run --json -h --help"; value_opts="--older-than" ;;
         "export release") words="--saga --yes -y --json -h --help"; value_opts="--saga" ;;
         "export show") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "pantry") words="add affected expunge list -h --help"; value_opts="" ;;
@@ -84,11 +87,12 @@ _udx_table() {
         "pantry expunge") words="--yes -y -h --help"; value_opts="" ;;
         "pantry list") words="--no-check --json -h --help"; value_opts="" ;;
         "pantry-sim") words="--listen --latency --quiet -q -h --help"; value_opts="--listen --latency" ;;
-        "pass") words="history --dry-run --concurrency --json --metrics-file -h --help"; value_opts="--concurrency --metrics-file" ;;
+        "pass") words="history --dry-run --concurrency --deadline --max-sagas --prune-older-than --json --metrics-file -h --help"; value_opts="--concurrency --deadline --max-sagas --prune-older-than --metrics-file" ;;
         "pass history") words="--limit --json -h --help"; value_opts="--limit" ;;
-        "saga") words="abandon list recover resume retry-undo show -h --help"; value_opts="" ;;
+        "saga") words="abandon list prune recover resume retry-undo show -h --help"; value_opts="" ;;
         "saga abandon") words="--reason --comment --force --yes -y -h --help"; value_opts="--reason --comment" ;;
         "saga list") words="--state --name --export --since --limit --all --json -h --help"; value_opts="--state --name --export --since --limit" ;;
+        "saga prune") words="--older-than --include --dry-run --json -h --help"; value_opts="--older-than --include" ;;
         "saga recover") words="--json -h --help"; value_opts="" ;;
         "saga resume") words="--json -h --help"; value_opts="" ;;
         "saga retry-undo") words="--json -h --help"; value_opts="" ;;

@@ -157,6 +157,7 @@ def test_write_settings_round_trip(tmp_path: Path) -> None:
         "dns_servers",
         "request_timeout_secs",
         "retry_budget_secs",
+        "slow_status_secs",
     }
     assert data["database"]["url"] == src.database.url  # not masked in the file
     again = load_settings(target, environ={})

@@ -47,6 +47,10 @@ class CoordinatorSettings:
     # The orphan sweep detaches an attachment nothing accounts for once it has
     # been seen orphaned this long (passes remember it in orphan_attachment).
     orphan_grace_secs: float = number(600.0, 0.0, 2592000.0, "seconds")
+    # A bounded pass starts no saga after this long / more than this many; 0: no bound.
+    deadline_secs: float = number(0.0, 0.0, 86400.0, "seconds")
+    max_sagas: int = number(0, 0, 10_000_000, "sagas")
+    prune_older_than: str = ""  # after a pass, prune history older than this; "": never
 
 
 @dataclass
@@ -57,6 +61,7 @@ class PantrySettings:
     dns_servers: list[str] = field(default_factory=list)
     request_timeout_secs: float = number(10.0, 0.0, 3600.0, "seconds", lo_open=True)
     retry_budget_secs: float = number(60.0, 0.0, 86400.0, "seconds", lo_open=True)
+    slow_status_secs: float = number(2.0, 0.0, 3600.0, "seconds", lo_open=True)
 
 
 @dataclass
@@ -207,6 +212,14 @@ def _validate(s: Settings) -> None:
             value = getattr(obj, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 _check_range(f"[{section}] {f.name}", value, f)
+    if s.coordinator.prune_older_than:
+        from udx.domain.errors import BadInput
+        from udx.domain.times import parse_duration
+
+        try:
+            parse_duration(s.coordinator.prune_older_than, "prune_older_than")
+        except BadInput as err:
+            raise ConfigError(f"[coordinator] {err}") from None
     if s.pantry.source == "static" and not s.pantry.addresses:
         raise ConfigError(
             '[pantry] source = "static" needs addresses = ["ip:port", ...] '

@@ -11,10 +11,12 @@ reported as `skipped`, not as an error.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -24,9 +26,12 @@ from udx.domain.errors import Conflict, UdxError
 from udx.domain.model import Changeset, ExportState, ResourceRef, UserDataExport
 
 if TYPE_CHECKING:
+    from udx.datastore.retention import PruneCount
     from udx.db.engine import Database
+    from udx.pantry.health import PassPantries
     from udx.pantry.inventory import Inventory
     from udx.saga import SagaExecutor, SagaResult
+    from udx.sagas.deps import ExportSagaDeps
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ OUTCOMES = ("succeeded", "skipped", "unwound", "stuck", "interrupted", "abandone
 _RACE_NODES = {"read_generation", "lock"}
 
 
-@dataclass
+@dataclass(slots=True)
 class SagaInvocation:
     export_id: str
     resource_type: str
@@ -51,7 +56,7 @@ class SagaInvocation:
     error: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class BypassedRecord:
     export_id: str
     resource_type: str
@@ -68,6 +73,11 @@ class PassStatus:
     errors: list[str] = field(default_factory=list)
     sagas_recovered: int = 0
     orphans_detached: int = 0
+    # Sagas a bounded pass (--deadline, --max-sagas) did not start: the next pass
+    # runs them. Not an error.
+    deferred: int = 0
+    # Degraded pantries and the like: loud, but not errors (exit code unchanged).
+    warnings: list[str] = field(default_factory=list)
     started: str | None = None  # ISO 8601 UTC, when the pass began
     duration_secs: float | None = None
     # Ctrl-C: the sagas this pass never started (in the JSON only when interrupted).
@@ -75,6 +85,10 @@ class PassStatus:
     interrupted: bool = field(default=False, repr=False)
     # Not in the JSON: tells the CLI to exit 3 (inventory unreachable), not 1.
     inventory_unavailable: bool = field(default=False, repr=False)
+    # Not in the JSON: each probed in-service pantry, up or not (udx_pantry_up).
+    pantries_up: dict[str, bool] = field(default_factory=dict, repr=False)
+    # Not in the JSON: what --prune-older-than removed (None: it did not run).
+    pruned: PruneCount | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> bool:
@@ -101,17 +115,29 @@ class PassStatus:
             "errors": len(self.errors),
         }
 
+    def json_fields(self) -> Iterator[tuple[str, Any]]:
+        """The JSON object's (key, value) fields, the outcome lists as streams of
+        dicts made while they are written (`udx.jsonstream`): a 100k pass never
+        holds its JSON whole. Every dataclass field but those marked repr=False."""
+        from udx.jsonstream import Stream
+
+        for f in fields(self):
+            if not f.repr or (f.name == "not_started" and not self.interrupted):
+                continue  # not_started: Ctrl-C only, then with "interrupted": true
+            value = getattr(self, f.name)
+            if isinstance(value, list) and f.name != "errors" and f.name != "warnings":
+                yield f.name, Stream(_item_json(item) for item in value)
+            else:
+                yield f.name, value
+        if self.interrupted:
+            yield "interrupted", True
+
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        del out["inventory_unavailable"]
-        if not out.pop("interrupted"):
-            del out["not_started"]
-        else:
-            out["interrupted"] = True
-        for key in ("create_invoked_ok", "delete_invoked_ok"):
-            for item in out[key]:
-                if item["error"] is None:
-                    del item["error"]
+        from udx.jsonstream import Stream
+
+        out: dict[str, Any] = {}
+        for key, value in self.json_fields():
+            out[key] = list(value.items) if isinstance(value, Stream) else value
         return out
 
 
@@ -153,6 +179,7 @@ class Coordinator:
         retry_budget_secs: float = 60.0,
         orphan_grace_secs: float = 600.0,
         pantry_transport: Any = None,
+        slow_status_secs: float = 2.0,
     ) -> None:
         self.db = db
         self.inventory = inventory
@@ -161,6 +188,16 @@ class Coordinator:
         self.retry_budget_secs = retry_budget_secs
         self.orphan_grace_secs = orphan_grace_secs
         self.pantry_transport = pantry_transport
+        self.slow_status_secs = slow_status_secs
+
+    @property
+    def _deps(self) -> ExportSagaDeps:
+        from udx.sagas.deps import ExportSagaDeps
+
+        deps = self.executor.deps
+        if not isinstance(deps, ExportSagaDeps):
+            raise TypeError("the coordinator's executor needs ExportSagaDeps as its deps")
+        return deps
 
     # --- step 1 ---------------------------------------------------------------------------
 
@@ -195,57 +232,57 @@ class Coordinator:
             return None
         return addresses
 
-    def _attached_volumes(self, address: PantryAddress) -> set[str] | None:
-        """The volumes a pantry says it holds; None when it does not answer."""
-        from udx.pantry.client import PantryClient, PantryError
+    def _probe(self, in_service: list[PantryAddress]) -> PassPantries:
+        """Ask every in-service pantry for its status once, all at once (a few dead
+        ones must not add a timeout each). The answers serve both the lost
+        attachments below and every create saga's pick in this pass."""
+        from udx.pantry.health import PassPantries, probe_all
 
-        client = PantryClient(
-            address, timeout=self.request_timeout_secs, transport=self.pantry_transport
-        )
-        try:
-            return {v.lower() for v in client.status().volumes}
-        except (PantryError, OSError) as err:
-            log.info("pantry %s did not answer its status call (%s); skipped", address, err)
-            return None
-        finally:
-            client.close()
+        probes = probe_all(in_service, self._deps.client)
+        return PassPantries(in_service, probes, slow_secs=self.slow_status_secs)
 
-    def _probe(self, in_service: list[PantryAddress]) -> dict[PantryAddress, set[str] | None]:
-        """Each in-service pantry's attached volumes (None: it did not answer), one
-        status call per pantry, all at once: a few dead ones must not add a
-        timeout each."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        addresses = sorted(set(in_service))
-        if not addresses:
-            return {}
-        with ThreadPoolExecutor(max_workers=min(len(addresses), 16)) as pool:
-            return dict(zip(addresses, pool.map(self._attached_volumes, addresses), strict=True))
-
-    def _live_records(self) -> list[UserDataExport]:
-        """Live records, read BEFORE the pantries are probed: a record read as Live
-        had its volume attached before it went Live, so before the probe, and the
-        probe not listing it means the pantry lost it. Read after the probe, a
-        record another pass made Live in between would look lost."""
+    def _live_attachments(
+        self, in_service: list[PantryAddress]
+    ) -> dict[PantryAddress, list[tuple[uuid.UUID, str]]]:
+        """(export id, volume id) of each Live, unmarked record on an in-service
+        pantry, by pantry: one streamed query of four columns. Read BEFORE the
+        pantries are probed: a record Live by then had its volume attached before,
+        so a probe after it that lacks the volume means the pantry lost it. (Read
+        after the probe, a record another pass made Live in between would look
+        lost.)"""
         from udx.datastore import exports
 
+        # Stored addresses are canonical: look them up as text, parsing only a miss.
+        by_text = {(a.ip_text, a.port): a for a in in_service}
+        wanted = set(in_service)
+        out: dict[PantryAddress, list[tuple[uuid.UUID, str]]] = {}
         with self.db.connect() as conn:
-            return exports.list_exports(conn, states=[ExportState.LIVE])
+            for export_id, ip, port, volume_id in exports.live_attachments(conn):
+                if ip is None or port is None:
+                    continue
+                addr = by_text.get((ip, port))
+                if addr is None:
+                    try:
+                        addr = PantryAddress.from_parts(ip, port)
+                    except UdxError:
+                        continue  # a malformed address is no pantry of ours
+                    if addr not in wanted:
+                        continue
+                out.setdefault(addr, []).append((export_id, str(volume_id).lower()))
+        return out
 
     @staticmethod
-    def _lost_records(
-        live: list[UserDataExport], attached: dict[PantryAddress, set[str] | None]
-    ) -> list[UserDataExport]:
-        """Among `live` (see _live_records), the unmarked records on an answering
-        in-service pantry that no longer holds their volume (it restarted)."""
-        lost: list[UserDataExport] = []
-        for rec in live:
-            addr = rec.valid_pantry_address()  # not an address: reported in _in_service
-            held = attached.get(addr) if addr is not None else None
-            if held is not None and not rec.resource_deleted and (
-                str(rec.volume_id).lower() not in held
-            ):
-                lost.append(rec)
+    def _lost_ids(
+        live: dict[PantryAddress, list[tuple[uuid.UUID, str]]], pantries: PassPantries
+    ) -> list[uuid.UUID]:
+        """Of those records, the ones whose pantry answered the probe without their
+        volume (it restarted). A pantry that did not answer is skipped, never lost."""
+        lost: list[uuid.UUID] = []
+        for addr, records in live.items():
+            attached = pantries.attached(addr)
+            if attached is None:
+                continue
+            lost += [export_id for export_id, volume_id in records if volume_id not in attached]
         return lost
 
     # --- the orphan sweep -----------------------------------------------------------------
@@ -357,13 +394,26 @@ class Coordinator:
 
     # --- the pass -------------------------------------------------------------------------------
 
-    def run_pass(self, *, progress: ProgressFn | None = None) -> PassStatus:
-        import time
-
+    def run_pass(
+        self,
+        *,
+        progress: ProgressFn | None = None,
+        deadline_secs: float | None = None,
+        max_sagas: int | None = None,
+        prune_older_than: dt.timedelta | None = None,
+    ) -> PassStatus:
+        """One pass. `deadline_secs` (from now) and `max_sagas` bound it: once
+        either is reached no saga starts; those in flight finish; the rest is
+        reported as `deferred` and left to the next pass. `prune_older_than`:
+        afterwards, remove done sagas and Deleted records older than that, batch
+        by batch while the deadline allows (`udx saga prune`, `udx export prune`)."""
         from udx.db.types import utcnow
 
         started, t0 = utcnow(), time.monotonic()
-        status = self._run_pass(progress)
+        deadline = None if deadline_secs is None else t0 + deadline_secs
+        status = self._run_pass(progress, deadline, max_sagas)
+        if prune_older_than is not None and not status.interrupted:
+            self._prune(status, prune_older_than, deadline)
         status.started = started.isoformat()
         status.duration_secs = round(time.monotonic() - t0, 3)
         # Errors go to the log too, so cron mail and log shippers see a failing
@@ -372,7 +422,9 @@ class Coordinator:
             log.error("%s", err)
         return status
 
-    def _run_pass(self, progress: ProgressFn | None) -> PassStatus:
+    def _run_pass(
+        self, progress: ProgressFn | None, deadline: float | None, max_sagas: int | None
+    ) -> PassStatus:
         from udx.datastore import changeset as changeset_sql
         from udx.datastore import exports
 
@@ -390,8 +442,9 @@ class Coordinator:
         except UdxError as err:
             status.errors.append(f"saga recovery failed: {err}")
 
-        # 1. Expunged pantries, then lost attachments.
+        # 1. Expunged pantries, then lost attachments (each pantry probed once).
         in_service = self._in_service(status)
+        pantries: PassPantries | None = None
         if in_service is not None:
             try:
                 status.records_marked_for_deletion = self.db.transaction(
@@ -400,22 +453,21 @@ class Coordinator:
                 )
             except UdxError as err:
                 status.errors.append(f"marking records on expunged pantries failed: {err}")
-            # Live records, then one probe per pantry (lost attachments), then the
-            # sweep's reads: each order matters (see _live_records, _orphans).
-            live: list[UserDataExport] | None = None
+            live: dict[PantryAddress, list[tuple[uuid.UUID, str]]] | None = None
             try:
-                live = self._live_records()
+                live = self._live_attachments(in_service)  # before the probe (see there)
             except UdxError as err:
                 status.errors.append(f"checking pantries for lost attachments failed: {err}")
-            attached = self._probe(in_service)
-            if live is not None:
-                try:
-                    ids = [r.id for r in self._lost_records(live, attached)]
-                    status.records_marked_lost = self.db.transaction(
-                        lambda c: exports.mark_lost(c, ids), name="mark lost attachments"
-                    )
-                except UdxError as err:
-                    status.errors.append(f"checking pantries for lost attachments failed: {err}")
+            pantries = self._probe(in_service)  # each pantry once per pass
+            _note_pantries(status, pantries)
+            attached = pantries.attached_sets()
+            try:
+                ids = self._lost_ids(live, pantries) if live is not None else []
+                status.records_marked_lost = self.db.transaction(
+                    lambda c: exports.mark_lost(c, ids), name="mark lost attachments"
+                )
+            except UdxError as err:
+                status.errors.append(f"checking pantries for lost attachments failed: {err}")
             self._sweep_orphans(attached, status)
 
         # 2. The changeset.
@@ -450,47 +502,69 @@ class Coordinator:
                 status.errors.append(f"export {rec.id} is deleted but was listed for deletion")
             # assigning / deleting: a saga owns the record; skip.
 
-        jobs: list[tuple[str, dict[str, Any]]] = [
-            ("export-create", {"export_id": str(rec.id)}) for rec in creates
-        ]
-        jobs += [
-            ("export-delete", {"export_id": str(r.id), "volume_id": str(r.volume_id)})
-            for r in deletes
-        ]
-        notify("total", len(jobs))
-        from udx.saga.executor import RunInterrupted
-
+        # Deletes first: a bounded pass that defers work must not starve them behind
+        # a long queue of new exports (they free pantry attachments and volumes).
+        jobs = [_Job.delete(r) for r in deletes] + [_Job.create(r) for r in creates]
+        del cs, creates, deletes  # from here on only the compact jobs are kept
+        budget = len(jobs) if max_sagas is None else min(len(jobs), max_sagas)
+        notify("total", budget)
+        if pantries is not None:
+            self._deps.begin_pass(pantries)
         try:
-            results: list[SagaResult | None] = list(self._run_sagas(jobs, notify))
-        except RunInterrupted as stop:
-            results = stop.results
-            status.interrupted = True
-        create_results = results[: len(creates)]
-        delete_results = results[len(creates) :]
-        for kind, recs, outs in (
-            ("create", creates, create_results),
-            ("delete", deletes, delete_results),
-        ):
-            done = status.create_invoked_ok if kind == "create" else status.delete_invoked_ok
-            for rec, res in zip(recs, outs, strict=True):
-                if res is None:
-                    status.not_started.append(
-                        SagaInvocation(
-                            str(rec.id),
-                            rec.resource_type.value,
-                            str(rec.resource_id),
-                            None,
-                            f"{kind} not started",
-                        )
+            outcomes, deferred, status.interrupted = self._run_sagas(
+                jobs, notify, budget, deadline
+            )
+        finally:
+            if pantries is not None:
+                self._deps.end_pass()
+                _note_pantries(status, pantries)  # with the failures seen during the pass
+        for job, inv in zip(jobs, outcomes, strict=True):
+            if inv is not None:
+                (status.delete_invoked_ok if job.deleting else status.create_invoked_ok).append(inv)
+            elif status.interrupted:
+                kind = "delete" if job.deleting else "create"
+                status.not_started.append(
+                    SagaInvocation(
+                        job.export_id,
+                        job.resource_type,
+                        job.resource_id,
+                        None,
+                        f"{kind} not started",
                     )
-                else:
-                    done.append(_invocation(rec, res))
+                )
+        if not status.interrupted:
+            status.deferred = deferred
+        if status.deferred:
+            log.info("bounded pass: %d sagas deferred to the next pass", status.deferred)
         for inv in [*status.create_invoked_ok, *status.delete_invoked_ok]:
             if inv.outcome in FAILED_OUTCOMES:
                 status.errors.append(
                     f"saga {inv.saga_id} for export {inv.export_id} {inv.outcome}: {inv.error}"
                 )
         return status
+
+    def _prune(self, status: PassStatus, age: dt.timedelta, deadline: float | None) -> None:
+        from udx.datastore import retention
+        from udx.db.types import utcnow
+
+        def past_deadline() -> bool:
+            return deadline is not None and time.monotonic() >= deadline
+
+        cutoff = utcnow() - age
+        try:
+            pruned = retention.prune_sagas(self.db, cutoff, stop=past_deadline)
+            pruned.records = retention.prune_records(self.db, cutoff, stop=past_deadline).records
+        except UdxError as err:
+            status.errors.append(f"pruning history older than {age} failed: {err}")
+            return
+        status.pruned = pruned
+        log.info(
+            "pruned %d sagas, %d node events and %d Deleted records older than %s",
+            pruned.sagas,
+            pruned.events,
+            pruned.records,
+            age,
+        )
 
     def _request(self, refs: list[ResourceRef], status: PassStatus) -> list[UserDataExport]:
         """Step 3's records, set-based: one transaction per REQUEST_CHUNK resources."""
@@ -550,14 +624,66 @@ class Coordinator:
         )
 
     def _run_sagas(
-        self, jobs: list[tuple[str, dict[str, Any]]], notify: ProgressFn
-    ) -> list[SagaResult]:
+        self, jobs: list[_Job], notify: ProgressFn, budget: int, deadline: float | None
+    ) -> tuple[list[SagaInvocation | None], int, bool]:
+        """Run `jobs` in order, at most the executor's max_workers at once, starting
+        no more than `budget` and none once `deadline` (monotonic) has passed; those
+        in flight finish. Returns each job's compact outcome (None: not started; a
+        saga's node outputs are dropped as soon as it ends), the count not started,
+        and whether Ctrl-C stopped it: then nothing more starts, the running sagas
+        finish (a second Ctrl-C stops at once; the next pass finishes them)."""
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+        outcomes: list[SagaInvocation | None] = [None] * len(jobs)
         if not jobs:
-            return []
-        results: list[SagaResult] = list(
-            self.executor.run_many(jobs, on_done=lambda _r: notify("advance", 1))
-        )
-        return results
+            return outcomes, 0, False
+        workers = min(self.executor.max_workers, len(jobs))
+        started = 0
+        interrupted = False
+
+        def one(index: int) -> None:
+            job = jobs[index]
+            outcomes[index] = _invocation(job, self._run_one(job))
+            try:
+                notify("advance", 1)
+            except Exception as err:  # a progress display must not lose a result
+                log.warning("pass progress callback failed: %s", err)
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saga") as pool:
+            in_flight: set[Future[None]] = set()
+            try:
+                for index in range(len(jobs)):
+                    if len(in_flight) >= workers:
+                        _done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    if started >= budget or (
+                        deadline is not None and time.monotonic() >= deadline
+                    ):
+                        break
+                    in_flight.add(pool.submit(one, index))
+                    started += 1
+            except KeyboardInterrupt:
+                interrupted = True
+                running = sum(1 for f in in_flight if not f.done())
+                log.warning(
+                    "interrupted: waiting for the %d running saga(s) to finish "
+                    "(Ctrl-C again to stop at once; the next pass finishes them)",
+                    running,
+                )
+            wait(in_flight)
+        return outcomes, len(jobs) - started, interrupted
+
+    def _run_one(self, job: _Job) -> SagaResult:
+        """One saga; a saga that cannot even be logged is "interrupted" with the
+        error, never an exception (as SagaExecutor.run_many does)."""
+        from udx.saga import SagaResult
+        from udx.saga.executor import one_line
+
+        try:
+            return self.executor.run(job.saga, job.params())
+        except Exception as err:
+            why = one_line(err)
+            log.error("saga for export %s (%s) could not start: %s", job.export_id, job.saga, why)
+            return SagaResult(uuid.uuid4(), job.saga, "interrupted", error=why)
 
     # --- dry run ----------------------------------------------------------------------------------
 
@@ -592,9 +718,16 @@ class Coordinator:
                 detail = f"pantry {rec.pantry_text} is not in service"
                 report.steps.append(_step("1-expunged", "mark for deletion", rec, detail))
                 to_delete[rec.id] = rec
-            live = self._live_records()
-            attached = self._probe(in_service)
-            for rec in self._lost_records(live, attached):
+            live_now = self._live_attachments(in_service)
+            pantries = self._probe(in_service)
+            attached = pantries.attached_sets()
+            lost = set(self._lost_ids(live_now, pantries))
+            lost_records: list[UserDataExport] = []
+            if lost:
+                with self.db.connect() as conn:
+                    records = exports.list_exports(conn, states=[ExportState.LIVE])
+                lost_records = [r for r in records if r.id in lost]
+            for rec in lost_records:
                 detail = f"pantry {rec.pantry_text} lost volume {rec.volume_id}"
                 report.steps.append(_step("1-lost", "mark for deletion", rec, detail))
                 to_delete[rec.id] = rec
@@ -646,17 +779,64 @@ class Coordinator:
         return report
 
 
+def _item_json(item: Any) -> dict[str, Any]:
+    """One outcome as a JSON object: `error` only when there is one."""
+    out = {f.name: getattr(item, f.name) for f in fields(item)}
+    if out.get("error", "") is None:
+        del out["error"]
+    return out
+
+
+def _note_pantries(status: PassStatus, pantries: PassPantries) -> None:
+    status.warnings = pantries.warnings
+    status.pantries_up = {str(a): up for a, up in pantries.up().items()}
+
+
 def _step(step: str, action: str, rec: UserDataExport, detail: str = "") -> PlannedStep:
     return PlannedStep(
         step, action, str(rec.id), rec.resource_type.value, str(rec.resource_id), detail
     )
 
 
-def _invocation(rec: UserDataExport, res: SagaResult) -> SagaInvocation:
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One saga the pass will run, with only what its outcome needs."""
+
+    saga: str
+    export_id: str
+    resource_type: str
+    resource_id: str
+    volume_id: str | None = None
+
+    @property
+    def deleting(self) -> bool:
+        return self.volume_id is not None
+
+    def params(self) -> dict[str, Any]:
+        if self.volume_id is None:
+            return {"export_id": self.export_id}
+        return {"export_id": self.export_id, "volume_id": self.volume_id}
+
+    @classmethod
+    def create(cls, rec: UserDataExport) -> _Job:
+        return cls("export-create", str(rec.id), rec.resource_type.value, str(rec.resource_id))
+
+    @classmethod
+    def delete(cls, rec: UserDataExport) -> _Job:
+        return cls(
+            "export-delete",
+            str(rec.id),
+            rec.resource_type.value,
+            str(rec.resource_id),
+            str(rec.volume_id),
+        )
+
+
+def _invocation(job: _Job, res: SagaResult) -> SagaInvocation:
     base = dict(
-        export_id=str(rec.id),
-        resource_type=rec.resource_type.value,
-        resource_id=str(rec.resource_id),
+        export_id=job.export_id,
+        resource_type=job.resource_type,
+        resource_id=job.resource_id,
     )
     outcome = res.outcome
     if (

@@ -63,7 +63,21 @@ def render_metrics(
         "gauge",
         [("", status.orphans_detached)],
     )
+    metric(
+        "pass_deferred",
+        "Sagas the last pass did not start because it was bounded (--deadline, --max-sagas).",
+        "gauge",
+        [("", status.deferred)],
+    )
     metric("pass_errors", "Errors in the last pass.", "gauge", [("", len(status.errors))])
+    metric("pass_warnings", "Warnings in the last pass.", "gauge", [("", len(status.warnings))])
+    metric(
+        "pantry_up",
+        "1 when the in-service pantry answered the last pass's status call and failed "
+        "no call in it.",
+        "gauge",
+        [(f'{{pantry="{a}"}}', 1 if up else 0) for a, up in sorted(status.pantries_up.items())],
+    )
     metric(
         "pass_success",
         "1 when the last pass had no errors and every saga succeeded or was skipped.",

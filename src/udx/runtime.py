@@ -60,5 +60,6 @@ def build_runtime(
         retry_budget_secs=settings.pantry.retry_budget_secs,
         orphan_grace_secs=settings.coordinator.orphan_grace_secs,
         pantry_transport=transport,
+        slow_status_secs=settings.pantry.slow_status_secs,
     )
     return Runtime(db, inv, executor, coordinator)

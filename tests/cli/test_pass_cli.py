@@ -91,6 +91,7 @@ def _check_status_shape(status: dict[str, Any]) -> None:
     for item in status["records_bypassed_ok"]:
         assert set(item) == BYPASS_KEYS, item
     assert all(isinstance(e, str) for e in status["errors"])
+    assert all(isinstance(w, str) for w in status["warnings"])
 
 
 def test_pass_json_status(
@@ -192,9 +193,12 @@ def test_pass_exit_1_when_a_saga_unwinds(
     assert r.exit_code == 1
     assert re.search(r"create sagas unwound\s+1", r.stdout), r.stdout
     assert "error: " in r.stdout
-    # Each pass error is also logged at ERROR on stderr, for cron and log shippers.
+    # Each pass error is also logged at ERROR on stderr, for cron and log shippers;
+    # the pantries that failed the attaches are WARNINGs (not picked again).
     err_lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert err_lines and all("ERROR" in ln for ln in err_lines), r.stderr
+    assert any("ERROR" in ln for ln in err_lines), r.stderr
+    assert all("ERROR" in ln or "WARNING" in ln for ln in err_lines), r.stderr
+    assert "failed a call in this pass" in r.stderr
 
 
 def test_dry_run_writes_nothing_and_prints_the_plan(
@@ -440,3 +444,30 @@ def test_a_record_created_first_by_another_pass_is_reported_skipped(
         (str(winner.id), "skipped", None)
     ]
     assert status.errors == [] and not status.failed
+
+
+def test_bounded_pass_defers_and_exits_0(
+    cli: Udx, db: Database, registered: list[SimulatedPantry], fleet: dict[str, Any], tmp_path: Path
+) -> None:
+    prom = tmp_path / "udx.prom"
+    r = cli("pass", "--json", "--max-sagas", "1", "--metrics-file", str(prom))
+    assert r.exit_code == 0, (r.stdout, r.stderr)  # deferral alone is not a failure
+    status = json.loads(r.stdout)
+    _check_status_shape(status)
+    assert len(status["create_invoked_ok"]) == 1 and status["deferred"] == 3
+    assert parse_prometheus(prom.read_text())[("udx_pass_deferred", ())] == 3
+    # The config key (here from the environment) bounds it too; the table says so.
+    r = cli("pass", env={"UDX_COORDINATOR_MAX_SAGAS": "2"})
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert re.search(r"sagas deferred to the next pass\s+1", r.stdout), r.stdout
+    status = json.loads(cli.ok("pass", "--json", "--deadline", "60").stdout)
+    assert len(status["create_invoked_ok"]) == 1 and status["deferred"] == 0
+    with db.connect() as conn:
+        assert {r.state for r in exports.list_exports(conn)} == {
+            ExportState.LIVE,
+            ExportState.DELETED,
+        }
+    r = cli("pass", "--max-sagas", "0")
+    assert r.exit_code == 2
+    r = cli("pass", env={"UDX_COORDINATOR_DEADLINE_SECS": "-1"})
+    assert r.exit_code == 2 and "deadline_secs" in r.stderr

@@ -70,6 +70,12 @@ CASES: list[tuple[str, list[str], int]] = [
     ("pass metrics dry run", ["pass", "--dry-run", "--metrics-file", "{tmp}/m.prom"], 2),
     ("pass metrics dir", ["pass", "--metrics-file", "{tmp}/garbage.toml/m.prom"], 2),
     ("pass metrics is dir", ["pass", "--metrics-file", "{tmp}"], 2),
+    ("pass deadline 0", ["pass", "--deadline", "0"], 2),
+    ("pass deadline text", ["pass", "--deadline", "soon"], 2),
+    ("pass max sagas 0", ["pass", "--max-sagas", "0"], 2),
+    ("pass prune age", ["pass", "--prune-older-than", "old"], 2),
+    ("config deadline", ["--config", "{tmp}/deadline.toml", "pass"], 2),
+    ("config prune age", ["--config", "{tmp}/prune_age.toml", "pass"], 2),
     # changeset
     ("changeset json value", ["changeset", "--json=yes"], 2),
     # export
@@ -124,6 +130,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("whatis missing", ["whatis"], 2),
     ("pass history limit", ["pass", "history", "--limit", "0"], 2),
     ("pass history text", ["pass", "history", "--limit", "ten"], 2),
+    ("export prune age", ["export", "prune", "--older-than", "forever"], 2),
+    ("export prune age zero", ["export", "prune", "--older-than", "0d"], 2),
     # pantry
     ("pantry add no port", ["pantry", "add", "10.0.0.1"], 2),
     ("pantry add port range", ["pantry", "add", "10.0.0.1:65536"], 2),
@@ -156,6 +164,9 @@ CASES: list[tuple[str, list[str], int]] = [
     ("saga resume id", ["saga", "resume", "nope"], 2),
     ("saga resume unknown", ["saga", "resume", UNKNOWN], 2),
     ("saga recover arg", ["saga", "recover", "all"], 2),
+    ("saga prune age", ["saga", "prune", "--older-than", "3 days"], 2),
+    ("saga prune running", ["saga", "prune", "--include", "running"], 2),
+    ("saga prune include", ["saga", "prune", "--include", "everything"], 2),
     ("saga abandon id", ["saga", "abandon", "nope", "--reason", "r", "--comment", "c", "--yes"], 2),
     (
         "saga abandon unknown",
@@ -203,6 +214,8 @@ CONFIGS = {
     "lease_inf.toml": "[saga]\nlease_secs = inf\n",
     "budget_huge.toml": "[pantry]\nretry_budget_secs = 1e300\n",
     "busy_nan.toml": "[database]\nbusy_timeout_secs = nan\n",
+    "deadline.toml": "[coordinator]\ndeadline_secs = -5\n",
+    "prune_age.toml": '[coordinator]\nprune_older_than = "a while"\n',
 }
 
 

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from udx.cli.common import is_terminal, print_json, print_table, state, table
+from udx.cli.common import is_terminal, print_table, state, table
 
 
 def register(app: typer.Typer) -> None:
@@ -19,26 +19,27 @@ def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     from udx.datastore import changeset as cs
 
     db = state().database()
-    if as_json and not is_terminal():
-        # Compact JSON, as print_json writes it when piped, rendered by the database
-        # on PostgreSQL (`preview_json`): no row objects on the way.
+    if as_json:
+        from udx.jsonstream import write_json
+
+        # Streamed: each list is read while it is written, so memory stays flat and
+        # the first byte goes out long before the end. Piped (compact JSON) on
+        # PostgreSQL, the database renders each record's text: no row objects.
+        tty = is_terminal()
         with db.connect() as conn:
-            text = cs.preview_json(conn)
-        sys.stdout.write(text)
-        sys.stdout.write("\n")
+            fields = cs.preview_fields(conn) if tty else cs.preview_json_fields(conn)
+            write_json(
+                sys.stdout, fields, indent=2 if tty else None, default=str, transform=cs.ascii_only
+            )
         return
     from udx.cli.render import export_rows, holding_sagas
 
     with db.connect() as conn:
         result = cs.preview(conn)
-        if not as_json:
-            from udx.datastore.export_locks import held_by_dead_sagas
+        from udx.datastore.export_locks import held_by_dead_sagas
 
-            sagas = holding_sagas(conn, [*result.delete_required, *result.would_mark])
-            held = held_by_dead_sagas(conn)  # in no changeset: no pass moves them
-    if as_json:
-        print_json(result.to_json(include_would_mark=True))
-        return
+        sagas = holding_sagas(conn, [*result.delete_required, *result.would_mark])
+        held = held_by_dead_sagas(conn)  # in no changeset: no pass moves them
 
     t = table("resource type", "resource id", title="request required")
     for ref in result.request_required:

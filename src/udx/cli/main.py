@@ -20,6 +20,7 @@ from udx.cli import ops as ops_cmd
 from udx.cli import pantry as pantry_cmd
 from udx.cli import pantry_sim as pantry_sim_cmd
 from udx.cli import pass_ as pass_cmd
+from udx.cli import prune as prune_cmd
 from udx.cli import saga as saga_cmd
 from udx.cli import volume as volume_cmd
 from udx.cli.common import STATE
@@ -167,6 +168,7 @@ app.add_typer(pantry_cmd.app, name="pantry")
 app.add_typer(saga_cmd.app, name="saga")
 ops_cmd.register(app)
 app.add_typer(volume_cmd.app, name="volume")
+prune_cmd.register(saga_cmd.app, export_cmd.app)
 pantry_sim_cmd.register(app)
 demo_cmd.register(app)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -30,13 +31,38 @@ def pass_(
     concurrency: int | None = typer.Option(
         None, "--concurrency", min=1, max=256, help="Sagas at once (default: config, 8)."
     ),
+    deadline: float | None = typer.Option(
+        None,
+        "--deadline",
+        min=0.001,
+        metavar="SECS",
+        help="Start no saga after SECS from the pass start; those running finish, the "
+        "rest is deferred to the next pass (default: config, none).",
+    ),
+    max_sagas: int | None = typer.Option(
+        None,
+        "--max-sagas",
+        min=1,
+        metavar="N",
+        help="Start at most N sagas; the rest is deferred to the next pass "
+        "(default: config, no limit).",
+    ),
+    prune_older_than: str | None = typer.Option(
+        None,
+        "--prune-older-than",
+        metavar="DURATION",
+        help="After the pass, remove done sagas and Deleted records older than DURATION "
+        "(30d), as `udx saga prune` and `udx export prune` do, while the deadline allows "
+        "(default: config, never).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the status object as JSON."),
     metrics_file: Path | None = typer.Option(
         None, "--metrics-file", help="Also write the counts in Prometheus text format (atomic)."
     ),
 ) -> None:
     """Run one coordinator pass: mark, compute the changeset, create and delete
-    exports. Exit 1 when the status has errors or a saga did not succeed.
+    exports. Exit 1 when the status has errors or a saga did not succeed; work
+    deferred by --deadline or --max-sagas alone is not a failure.
 
     Every pass is recorded in the pass history (`udx pass history`) when it
     starts and when it ends; a killed pass shows as "did not finish". Ctrl-C
@@ -50,12 +76,22 @@ def pass_(
         if dry_run:
             raise BadInput("--metrics-file reports a pass that ran; it cannot go with --dry-run")
         metrics_file = _check_metrics_path(metrics_file)
+    from udx.domain.times import parse_duration
+
     st = state()
+    settings = st.settings()
+    prune_text = prune_older_than or settings.coordinator.prune_older_than
+    bounds: dict[str, Any] = {
+        "deadline_secs": deadline or settings.coordinator.deadline_secs or None,
+        "max_sagas": max_sagas or settings.coordinator.max_sagas or None,
+    }
+    if prune_text and not dry_run:
+        bounds["prune_older_than"] = parse_duration(prune_text, "--prune-older-than")
     db = st.database()
     # A dry run writes nothing, not even its history row.
     recorder = _Recorder(db, dry_run) if not dry_run else None
     try:
-        _pass(db, recorder, dry_run, concurrency, as_json, metrics_file)
+        _pass(db, recorder, dry_run, concurrency, as_json, metrics_file, bounds)
     except typer.Exit as done:
         _finish(recorder, done.exit_code)
         raise
@@ -136,6 +172,7 @@ def _pass(
     concurrency: int | None,
     as_json: bool,
     metrics_file: Path | None,
+    bounds: dict[str, Any],
 ) -> None:
     from udx.runtime import build_runtime
 
@@ -152,14 +189,18 @@ def _pass(
                 _exit_unavailable_if_database_down(db)
                 raise typer.Exit(EXIT_FAILED)
             return
-        status = _run_with_progress(runtime.coordinator, show=not as_json and is_terminal())
+        status = _run_with_progress(
+            runtime.coordinator, show=not as_json and is_terminal(), **bounds
+        )
         if recorder is not None:
             recorder.status = status
     finally:
         runtime.close()
     # The status first: a metrics file that cannot be written must not hide it.
     if as_json:
-        print_json(status.to_json())
+        from udx.jsonstream import write_json
+
+        write_json(sys.stdout, status.json_fields(), indent=2 if is_terminal() else None)
     else:
         _render_status(status)
     if metrics_file is not None:
@@ -219,9 +260,9 @@ def _check_metrics_path(path: Path) -> Path:
     return path
 
 
-def _run_with_progress(coordinator: Coordinator, show: bool) -> PassStatus:
+def _run_with_progress(coordinator: Coordinator, show: bool, **bounds: Any) -> PassStatus:
     if not show:
-        return coordinator.run_pass()
+        return coordinator.run_pass(**bounds)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     with Progress(
@@ -240,7 +281,7 @@ def _run_with_progress(coordinator: Coordinator, show: bool) -> PassStatus:
             else:
                 progress.advance(task, n)
 
-        return coordinator.run_pass(progress=notify)
+        return coordinator.run_pass(progress=notify, **bounds)
 
 
 def _render_status(status: PassStatus) -> None:
@@ -264,12 +305,19 @@ def _render_status(status: PassStatus) -> None:
     summary.add_row("records bypassed to deleted", str(len(status.records_bypassed_ok)))
     summary.add_row("sagas recovered", str(status.sagas_recovered))
     summary.add_row("orphan attachments detached", str(status.orphans_detached))
+    summary.add_row("sagas deferred to the next pass", str(status.deferred))
+    if status.pruned is not None:
+        summary.add_row("sagas pruned (with their events)", str(status.pruned.sagas))
+        summary.add_row("Deleted records pruned", str(status.pruned.records))
+    summary.add_row("warnings", str(len(status.warnings)))
     summary.add_row("errors", str(len(status.errors)))
     if status.started is not None:
         summary.add_row("started", status.started[:19] + "Z")
     if status.duration_secs is not None:
         summary.add_row("duration", f"{status.duration_secs:.1f} s")
     print_table(summary, "pass summary")
+    for warning in status.warnings:
+        c.print(f"warning: {warning}", markup=False)
     for err in status.errors:
         c.print(f"error: {err}", markup=False)
     if status.interrupted:

@@ -17,8 +17,8 @@ PostgreSQL the same four statements select the rows already rendered as JSON.
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import (
@@ -27,8 +27,8 @@ from sqlalchemy import (
     Select,
     Text,
     and_,
+    cast,
     exists,
-    func,
     literal,
     literal_column,
     not_,
@@ -36,11 +36,11 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy import update as sql_update
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from udx.datastore.exports import resource_gone, rows_to_exports
 from udx.db.schema import image, snapshot, user_data_export
 from udx.domain.model import Changeset, ExportState, ResourceRef, ResourceType, UserDataExport
+from udx.jsonstream import Stream, iter_json
 
 t = user_data_export
 _NOT_DELETED = t.c.state != ExportState.DELETED.value
@@ -94,6 +94,31 @@ _GONE = and_(_live_snap.c.id.is_(None), _live_image.c.id.is_(None))
 _PRESENT = not_(_GONE)
 
 
+# Rows per fetch when streaming (`udx changeset --json`).
+STREAM_CHUNK = 2000
+
+
+def _stream(conn: Connection, q: Any) -> Any:
+    """Rows fetched STREAM_CHUNK at a time (a server-side cursor on PostgreSQL)."""
+    return conn.execution_options(yield_per=STREAM_CHUNK).execute(q)
+
+
+def _iter_joined(conn: Connection, *where: ColumnElement[bool]) -> Iterator[dict[str, Any]]:
+    q = select(t).select_from(_with_resource).where(*where).order_by(t.c.id)
+    for rows in _stream(conn, q).partitions():
+        for rec in rows_to_exports(rows):
+            yield rec.to_json()
+
+
+def _iter_request_required(conn: Connection) -> Iterator[dict[str, Any]]:
+    q = union_all(
+        _missing_records(ResourceType.SNAPSHOT), _missing_records(ResourceType.IMAGE)
+    ).order_by("resource_type", "resource_id")
+    for rows in _stream(conn, q).partitions():
+        for kind, rid in rows:
+            yield {"resource_type": kind, "resource_id": str(rid)}
+
+
 def _joined_records(conn: Connection, *where: ColumnElement[bool]) -> list[UserDataExport]:
     q = select(t).select_from(_with_resource).where(*where).order_by(t.c.id)
     return rows_to_exports(conn.execute(q).all())
@@ -134,10 +159,11 @@ def preview(conn: Connection) -> Changeset:
 # --- `udx changeset --json`, rendered by PostgreSQL -----------------------------------
 #
 # The read-only form's JSON text, built by the database: the same four statements as
-# `preview` (same FROM and WHERE; same order), selecting each record as one JSON
-# object in text instead of its columns. Python joins the pieces and never parses
-# them: at 100k rows per table, building row objects (UUIDs above all), records,
-# their dicts and encoding those cost about twice the queries.
+# `preview` (same FROM and WHERE), selecting each record as one JSON object in text
+# instead of its columns, read from server-side cursors as the text is written.
+# Python joins the pieces and never parses them: at 100k rows per table, building
+# row objects (UUIDs above all), records, their dicts and encoding those cost about
+# twice the queries.
 #
 # The text is what `json.dumps(preview(conn).to_json(include_would_mark=True))`
 # writes with its defaults (", " and ": " separators, ensure_ascii): keys in
@@ -145,7 +171,7 @@ def preview(conn: Connection) -> Changeset:
 # `pantry_address` as `format_address` writes it, null when the ip or the port is.
 # Free text (`pantry_ip`) goes through to_json(), whose escapes of '"', '\\' and
 # control characters are json's; json's ensure_ascii escapes of DEL and non-ASCII
-# are applied afterwards in Python (`_ascii_only`). `state` and `resource_type` are
+# are applied afterwards in Python (`ascii_only`). `state` and `resource_type` are
 # written as they are: check constraints hold them to a few lower-case words.
 # tests/datastore/test_changeset.py compares the two paths byte for byte.
 
@@ -175,37 +201,28 @@ _RECORD_JSON = literal_column(
 )
 
 
-def _joined_json(conn: Connection, *where: ColumnElement[bool]) -> str:
+def _joined_json(conn: Connection, *where: ColumnElement[bool]) -> Iterator[str]:
     q = select(_RECORD_JSON).select_from(_with_resource).where(*where).order_by(t.c.id)
-    return "[" + ", ".join(conn.execute(q).scalars().all()) + "]"
+    for rows in _stream(conn, q).partitions():
+        yield from (r[0] for r in rows)
 
 
-def _request_required_json(conn: Connection) -> str:
-    """One statement, one row per resource kind: the database sorts that kind's ids
-    (16 bytes each, not their JSON) and joins them into the items' text. The order is
-    `request_required`'s: by resource_type, then by resource_id.
-
-    A kind's items are one text value, so PostgreSQL's 1 GB limit on a value caps
-    them at about 12 million (the query then fails: "out of memory").
-    """
-    branches = []
-    for kind in ResourceType:
-        missing = _missing_records(kind).subquery()
-        ids = func.array_to_string(
-            func.array_agg(aggregate_order_by(missing.c.resource_id, missing.c.resource_id)),
-            '"}, ' + _head(kind.value),
-        )
-        branches.append(select(literal(kind.value).label("resource_type"), ids.label("ids")))
-    # Ordered here rather than by an ORDER BY, which would sort (and spill to disk)
-    # two rows of megabytes: "image" < "snapshot" in every collation.
-    rows = sorted(conn.execute(union_all(*branches)).all(), key=lambda r: str(r[0]))
-    return "[" + ", ".join(_head(kind) + ids + '"}' for kind, ids in rows if ids is not None) + "]"
-
-
-def _head(kind: str) -> str:
-    """'{"resource_type": "<kind>", "resource_id": "': a request_required item up to
-    its id."""
-    return json.dumps({"resource_type": kind, "resource_id": ""})[:-2]
+def _request_required_json(conn: Connection) -> Iterator[str]:
+    """One statement: each missing resource as its JSON text, in `request_required`'s
+    order (by resource_type, then by resource_id)."""
+    missing = union_all(
+        _missing_records(ResourceType.SNAPSHOT), _missing_records(ResourceType.IMAGE)
+    ).subquery()
+    text = (
+        literal('{"resource_type": "', Text)
+        + missing.c.resource_type
+        + literal('", "resource_id": "', Text)
+        + cast(missing.c.resource_id, Text)
+        + literal('"}', Text)
+    )
+    q = select(text).order_by(missing.c.resource_type, missing.c.resource_id)
+    for rows in _stream(conn, q).partitions():
+        yield from (r[0] for r in rows)
 
 
 def _ascii_escape(m: re.Match[str]) -> str:
@@ -219,7 +236,41 @@ def _ascii_escape(m: re.Match[str]) -> str:
 _NOT_JSON_ASCII = re.compile("[\x7f-\U0010ffff]")
 
 
-def _ascii_only(text: str) -> str:
+def preview_fields(conn: Connection) -> list[tuple[str, Stream]]:
+    """The fields of `preview(conn).to_json(include_would_mark=True)` on any engine,
+    each list of dicts read while it is written: one statement per list, run in the
+    order the lists are written, STREAM_CHUNK rows at a time."""
+    return [
+        ("request_required", Stream(_iter_request_required(conn))),
+        ("create_required", Stream(_iter_joined(conn, _REQUESTED, _UNMARKED, _PRESENT))),
+        ("delete_required", Stream(_iter_joined(conn, _NOT_DELETED, _MARKED | _GONE))),
+        ("would_mark_for_deletion", Stream(_iter_joined(conn, _UNMARKED, _NOT_DELETED, _GONE))),
+    ]
+
+
+def preview_json_fields(conn: Connection) -> list[tuple[str, Stream]]:
+    """The fields of `preview(conn).to_json(include_would_mark=True)`, each list read
+    while it is written (a server-side cursor on PostgreSQL): memory stays flat and
+    the first byte goes out before the last row is read.
+
+    On PostgreSQL the items are JSON text the database rendered (`raw`); write them
+    through `ascii_only`. Other engines give the records' dicts. One statement per
+    list either way, run in the order the lists are written.
+    """
+    if conn.dialect.name != "postgresql":
+        return preview_fields(conn)
+    return [
+        ("request_required", Stream(_request_required_json(conn), raw=True)),
+        ("create_required", Stream(_joined_json(conn, _REQUESTED, _UNMARKED, _PRESENT), raw=True)),
+        ("delete_required", Stream(_joined_json(conn, _NOT_DELETED, _MARKED | _GONE), raw=True)),
+        (
+            "would_mark_for_deletion",
+            Stream(_joined_json(conn, _UNMARKED, _NOT_DELETED, _GONE), raw=True),
+        ),
+    ]
+
+
+def ascii_only(text: str) -> str:
     """json's ensure_ascii on JSON text: outside strings it is ASCII already, so every
     DEL or non-ASCII character is inside a string and becomes a \\u escape."""
     if text.isascii() and "\x7f" not in text:
@@ -228,18 +279,6 @@ def _ascii_only(text: str) -> str:
 
 
 def preview_json(conn: Connection) -> str:
-    """`json.dumps(preview(conn).to_json(include_would_mark=True))`, as text.
-
-    On PostgreSQL the database renders it, in the same four statements as
-    `preview`; other engines go through `preview`.
-    """
-    if conn.dialect.name != "postgresql":
-        return json.dumps(preview(conn).to_json(include_would_mark=True))
-    would_mark = _joined_json(conn, _UNMARKED, _NOT_DELETED, _GONE)
-    delete_required = _joined_json(conn, _NOT_DELETED, _MARKED | _GONE)
-    create_required = _joined_json(conn, _REQUESTED, _UNMARKED, _PRESENT)
-    request = _request_required_json(conn)
-    return _ascii_only(
-        f'{{"request_required": {request}, "create_required": {create_required}, '
-        f'"delete_required": {delete_required}, "would_mark_for_deletion": {would_mark}}}'
-    )
+    """`json.dumps(preview(conn).to_json(include_would_mark=True))`, as text (the
+    stream of `preview_json_fields`, joined)."""
+    return "".join(ascii_only(piece) for piece in iter_json(preview_json_fields(conn)))

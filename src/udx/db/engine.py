@@ -361,6 +361,9 @@ def open_database(
             _prepare_sqlite_path(Path(db_path).expanduser(), create)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_secs}
     elif backend in ("postgresql", "cockroachdb"):
+        from udx.db.schema import add_postgresql_options
+
+        add_postgresql_options()
         kwargs["isolation_level"] = isolation
         kwargs["connect_args"] = {"connect_timeout": 5}
         kwargs["pool_size"] = 20

@@ -7,6 +7,8 @@ compares the two so they cannot drift.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -25,6 +27,19 @@ from sqlalchemy import (
 from udx.db.types import GUID, UTCDateTime
 
 metadata = MetaData()
+
+# PostgreSQL-only options (index predicates), added by `add_postgresql_options` when
+# a PostgreSQL or CockroachDB database is opened: a `postgresql_*` argument in a
+# constructor imports the PostgreSQL dialect, on SQLite too (~40 ms of start-up).
+_POSTGRESQL_OPTIONS: list[tuple[Index, dict[str, Any]]] = []
+
+
+def add_postgresql_options() -> None:
+    """Give the schema its PostgreSQL-only options (idempotent)."""
+    for index, options in _POSTGRESQL_OPTIONS:
+        for key, value in options.items():
+            if index.dialect_kwargs.get(key) is None:
+                index.dialect_kwargs[key] = value
 
 snapshot = Table(
     "snapshot",
@@ -220,8 +235,13 @@ user_data_export = Table(
         "resource_id",
         unique=True,
         sqlite_where=text("state != 'deleted'"),
-        postgresql_where=text("state != 'deleted'"),
     ),
+)
+_POSTGRESQL_OPTIONS.append(
+    (
+        next(i for i in user_data_export.indexes if i.name == "one_export_record_per_resource"),
+        {"postgresql_where": text("state != 'deleted'")},
+    )
 )
 
 pantry = Table(

@@ -12,7 +12,6 @@ import uuid
 from typing import Any
 
 from sqlalchemy import DateTime, String
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -29,6 +28,9 @@ class GUID(TypeDecorator[uuid.UUID]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in _NATIVE_UUID:
+            # Imported here: on SQLite the PostgreSQL dialect is never loaded.
+            from sqlalchemy.dialects import postgresql
+
             return dialect.type_descriptor(postgresql.UUID(as_uuid=True))
         return dialect.type_descriptor(String(36))
 

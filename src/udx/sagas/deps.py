@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from udx.domain.address import PantryAddress
 
 if TYPE_CHECKING:
     from udx.pantry.client import PantryClient
+    from udx.pantry.health import PassPantries
     from udx.pantry.inventory import Inventory
     from udx.pantry.retry import RetryingPantry
 
@@ -31,6 +33,9 @@ class ExportSagaDeps:
     _clients: dict[PantryAddress, PantryClient] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # The running pass's pantries (probed once), or None outside a pass: a saga
+    # resumed or recovered in another process asks the inventory and the pantries.
+    _pass: PassPantries | None = field(default=None, init=False, repr=False, compare=False)
 
     def _transport(self) -> Any:
         """The transport every pantry client of these deps uses.
@@ -85,15 +90,79 @@ class ExportSagaDeps:
             fence=fence,
         )
 
-    def pick_pantry(self) -> PantryAddress:
-        from udx.pantry.select import pick_pantry
+    def begin_pass(self, pantries: PassPantries) -> None:
+        self._pass = pantries
 
+    def end_pass(self) -> None:
+        self._pass = None
+
+    def pick_pantry(self) -> PantryAddress:
+        """A uniformly random in-service pantry that answers. In a pass: among those
+        that answered the pass's probe and failed no call since, with no call and no
+        inventory read here. Outside one: the inventory, then status calls."""
+        from udx.pantry.select import NoPantryAvailable, pick_pantry
+
+        current = self._pass
+        if current is not None:
+            choice = current.pick(self.rng)
+            if choice is None:
+                raise NoPantryAvailable(current.no_candidate_reason())
+            return choice
         return pick_pantry(
             self.inventory,
             timeout=self.request_timeout_secs,
             rng=self.rng,
             client_for=self.client,
         )
+
+    def pantry_failed(self, address: PantryAddress, err: BaseException) -> None:
+        """A call to `address` failed: when the pantry itself is at fault (no answer,
+        a timeout, 5xx or 429 after the retry budget, or it left service), the rest
+        of the pass picks it no more. A refusal (another 4xx) says nothing of its
+        health."""
+        from udx.pantry.client import PantryError, PantryGone
+
+        current = self._pass
+        if current is None:
+            return
+        if isinstance(err, PantryGone):
+            current.mark_failed(address, "no longer in service")
+        elif isinstance(err, PantryError) and err.transient:
+            current.mark_failed(address, err.message)
+
+    def out_of_service(self, address: PantryAddress) -> bool:
+        """Known to be out of service: a detach there is done without a call (a
+        dead pantry would otherwise cost a timeout first). In a pass, from the list
+        the pass read; outside one, from the inventory. Unknown is not out."""
+        from udx.domain.errors import InventoryUnavailable
+
+        current = self._pass
+        if current is not None:
+            return not current.is_in_service(address)
+        try:
+            return not self.inventory.is_in_service(address)
+        except InventoryUnavailable:
+            return False
+
+    def detach_ok_if_gone(
+        self,
+        address: PantryAddress,
+        volume_id: uuid.UUID,
+        *,
+        fence: Callable[[], None] | None = None,
+    ) -> str:
+        """Detach "ok if gone" (see RetryingPantry.detach_ok_if_gone), and "gone" at
+        once for a pantry known to be out of service. `fence`: as for `pantry`."""
+        if self.out_of_service(address):
+            return "gone"
+        pantry = self.pantry(address, fence=fence)
+        try:
+            return pantry.detach_ok_if_gone(volume_id)
+        except Exception as err:
+            self.pantry_failed(address, err)
+            raise
+        finally:
+            pantry.close()
 
 
 class _SharedTransport:

@@ -109,12 +109,14 @@ def attach(ctx: ActionContext) -> None:
     # still owns the saga. Once another process adopted it, it may have gone Live
     # with this very volume (a cleanup detach would leave Live with nothing
     # attached) or unwound (a retried attach would leave an orphan).
-    pantry = deps_of(ctx).pantry(address, fence=ctx.fence)
+    deps = deps_of(ctx)
+    pantry = deps.pantry(address, fence=ctx.fence)
     try:
         pantry.attach(volume_id, copy["request"])
     except SagaFenced:
         raise
-    except Exception:
+    except Exception as err:
+        deps.pantry_failed(address, err)  # not picked again in this pass
         try:
             pantry.detach_ok_if_gone(volume_id)
         except SagaFenced:
@@ -135,11 +137,7 @@ def attach(ctx: ActionContext) -> None:
 
 def detach(ctx: ActionContext) -> None:
     address = PantryAddress.parse(ctx.output("pick_pantry"))
-    pantry = deps_of(ctx).pantry(address, fence=ctx.fence)
-    try:
-        pantry.detach_ok_if_gone(_new_volume_id(ctx))
-    finally:
-        pantry.close()
+    deps_of(ctx).detach_ok_if_gone(address, _new_volume_id(ctx), fence=ctx.fence)
 
 
 def go_live(ctx: ActionContext) -> None:

@@ -63,17 +63,15 @@ def unlock(ctx: ActionContext) -> None:
 
 def detach(ctx: ActionContext) -> str:
     """Detach, ok if gone: a 404 (the pantry restarted) or a pantry no longer in
-    service both count as detached."""
+    service both count as detached; one known to be out of service is not called."""
     pantry_text = ctx.output("read_generation")["pantry"]
     if pantry_text is None:
         return "no_pantry"
     # Fenced: the detach after the volume status, and every retry, first confirm
     # this process still owns the saga (another may have unwound it back to Live).
-    pantry = deps_of(ctx).pantry(PantryAddress.parse(pantry_text), fence=ctx.fence)
-    try:
-        return pantry.detach_ok_if_gone(_volume_id(ctx))
-    finally:
-        pantry.close()
+    return deps_of(ctx).detach_ok_if_gone(
+        PantryAddress.parse(pantry_text), _volume_id(ctx), fence=ctx.fence
+    )
 
 
 def check_volume(ctx: ActionContext) -> dict[str, Any]:

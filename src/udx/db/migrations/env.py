@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from alembic import context
 
-from udx.db.schema import metadata
+from udx.db.schema import add_postgresql_options, metadata
 
 connection = context.config.attributes["connection"]
+if connection.dialect.name != "sqlite":
+    add_postgresql_options()
 context.configure(
     connection=connection,
     target_metadata=metadata,
