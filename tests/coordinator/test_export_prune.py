@@ -57,10 +57,16 @@ def retired(db, registered, run_pass) -> dict[str, list[uuid.UUID]]:
     recent = [live[s.resource_id].id for s in snaps[3:4]]
     month_ago = utcnow() - timedelta(days=40)
     with db.begin() as conn:
-        for s in snaps[:3]:  # dated by their snapshots' deletion
+        for s in snaps[:3]:  # retired a month ago: their snapshot and volume deleted then
             conn.execute(
                 update(snapshot)
                 .where(snapshot.c.id == s.resource_id)
+                .values(time_deleted=month_ago)
+            )
+            conn.execute(
+                update(volume)
+                .where(volume.c.id == live[s.resource_id].volume_id)
+                .where(volume.c.time_deleted.is_not(None))
                 .values(time_deleted=month_ago)
             )
         conn.execute(update(image).where(image.c.id == img).values(time_deleted=month_ago))
