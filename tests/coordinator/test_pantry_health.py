@@ -54,9 +54,10 @@ def test_each_pantry_is_probed_once_and_picks_read_nothing(db, registered, run_p
     assert [i.outcome for i in status.create_invoked_ok] == ["succeeded"] * 12
     # One status call per pantry for the whole pass, not one per export.
     assert [_status_calls(s) for s in registered] == [1, 1, 1]
-    # The inventory is read once (step 1), not once per pick.
+    # The inventory is read in step 1 only (the in-service list, and the rows
+    # checked for bad addresses), not once per pick: 12 exports, at most 2 reads.
     pantry_reads = [s for s in log.statements if "FROM pantry" in s]
-    assert len(pantry_reads) == 1, pantry_reads
+    assert len(pantry_reads) <= 2, pantry_reads
     # Still spread over the pantries (random among the answering ones).
     holders = Counter(str(r.pantry_address) for r in _live(db))
     assert len(holders) >= 2, holders
