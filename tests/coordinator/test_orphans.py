@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from udx import seed
 from udx.datastore import exports, saga_log
-from udx.db.schema import orphan_attachment, user_data_export
+from udx.db.schema import orphan_attachment, saga, user_data_export
 from udx.db.types import utcnow
 from udx.domain.model import ExportState
 
@@ -46,8 +46,16 @@ def _age(db, secs: float) -> None:
             )
 
 
-def _running_saga_owning(db, volume_id: str) -> None:
-    """A create saga another process is running, that has logged its volume id."""
+def _unwound_copy(db, volume_id: str) -> str:
+    """`volume_id` as the copy of a create saga that unwound (its undo's detach
+    having failed to reach the pantry): what the sweep is for."""
+    _running_saga_owning(db, volume_id, done=True)
+    return volume_id
+
+
+def _running_saga_owning(db, volume_id: str, *, done: bool = False) -> None:
+    """A create saga another process is running (or, `done`, one that unwound),
+    that has logged its volume id."""
     sid = uuid.uuid4()
     now = utcnow()
     with db.begin() as conn:
@@ -69,6 +77,10 @@ def _running_saga_owning(db, volume_id: str) -> None:
             creator=uuid.uuid4(),
             now=now,
         )
+        if done:
+            conn.execute(
+                update(saga).where(saga.c.id == sid).values(saga_state="done", outcome="unwound")
+            )
 
 
 def test_sweep_detaches_only_what_nothing_accounts_for_after_the_grace(
@@ -88,8 +100,10 @@ def test_sweep_detaches_only_what_nothing_accounts_for_after_the_grace(
             .values(state="deleting", operating_saga_id=uuid.uuid4())
         )
     sim = registered[0]
-    orphan, owned = str(uuid.uuid4()), str(uuid.uuid4())
-    for vid in (orphan, owned, "not-a-uuid"):
+    orphan, owned = _unwound_copy(db, str(uuid.uuid4())), str(uuid.uuid4())
+    # Attached by the rest of the control plane (a disk import, say): never ours.
+    foreign = str(uuid.uuid4())
+    for vid in (orphan, owned, foreign, "not-a-uuid"):
         sim.attach(vid, VCR)
     _running_saga_owning(db, owned)
     detaches = sim.total_detach_calls
@@ -120,14 +134,16 @@ def test_sweep_detaches_only_what_nothing_accounts_for_after_the_grace(
     assert orphan not in sim.attachments
     assert sim.total_detach_calls == detaches + 1  # that one, nothing else
     everywhere = {v for s in registered for v in s.attachments}
-    assert {str(live.volume_id), str(deleting.volume_id), owned, "not-a-uuid"} <= everywhere
+    assert {str(live.volume_id), str(deleting.volume_id), owned, foreign, "not-a-uuid"} <= (
+        everywhere
+    )
     assert _seen(db) == {}
 
 
 def test_an_orphan_accounted_for_again_is_forgotten(db, registered, make_runtime, settings):
     settings.coordinator.orphan_grace_secs = 60
     sim = registered[1]
-    vid = str(uuid.uuid4())
+    vid = _unwound_copy(db, str(uuid.uuid4()))
     sim.attach(vid, VCR)
     make_runtime().coordinator.run_pass()
     assert set(_seen(db)) == {(str(sim.address), vid)}
@@ -141,7 +157,7 @@ def test_an_orphan_accounted_for_again_is_forgotten(db, registered, make_runtime
 def test_a_pantry_that_does_not_answer_is_not_swept(db, registered, make_runtime, settings):
     settings.coordinator.orphan_grace_secs = 0
     sim = registered[2]
-    vid = str(uuid.uuid4())
+    vid = _unwound_copy(db, str(uuid.uuid4()))
     sim.attach(vid, VCR)
     sim.fail_next(1, 500, "GET")  # its status call fails: it did not answer
     status = make_runtime().coordinator.run_pass()
@@ -156,7 +172,7 @@ def test_an_orphan_that_will_not_detach_is_an_error_and_stays_remembered(
 ):
     settings.coordinator.orphan_grace_secs = 0
     sim = registered[0]
-    vid = str(uuid.uuid4())
+    vid = _unwound_copy(db, str(uuid.uuid4()))
     sim.attach(vid, VCR)
     sim.detach_503_times(1000)
     status = make_runtime().coordinator.run_pass()

@@ -11,8 +11,10 @@ Reading order matters: the caller lists the pantry's attachments first, then
 `unaccounted` reads the sagas and only then the records. A saga that finishes in
 between moves its record in the same transaction as it ends, so a volume a
 running saga owned when the sagas were read is named by a record when the
-records are read. Ids that are not UUIDs are never udx's (it attaches only under
-fresh UUIDs) and are left alone.
+records are read. Only ids an export create saga generated as its volume copy are
+ever candidates: the control plane attaches other volumes to the same pantries
+(disk imports, snapshots of detached disks), and ids that are not UUIDs are never
+udx's either; all those are left alone.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, tuple_
+from sqlalchemy import Connection, delete, or_, select, tuple_
 
 from udx.db.schema import orphan_attachment, saga, saga_node_event, user_data_export
 from udx.domain.address import PantryAddress
@@ -61,6 +63,28 @@ def saga_volume_ids(conn: Connection) -> set[str]:
     return found
 
 
+def export_copies(conn: Connection, volume_ids: Iterable[str]) -> set[str]:
+    """The ids among `volume_ids` that an export create saga generated as its volume
+    copy (its `generate_ids` output). Orphans are few, so one statement per chunk
+    of them, matching the log text (the node output is JSON, not a column)."""
+    wanted = sorted({v.lower() for v in volume_ids})
+    found: set[str] = set()
+    for chunk in _chunks(wanted):
+        rows = conn.execute(
+            select(saga_node_event.c.data)
+            .select_from(saga.join(saga_node_event, saga_node_event.c.saga_id == saga.c.id))
+            .where(
+                saga.c.name == "export-create",
+                saga_node_event.c.node_id == "generate_ids",
+                saga_node_event.c.event_type == "succeeded",
+                or_(*(saga_node_event.c.data.contains(v) for v in chunk)),
+            )
+        )
+        for (data,) in rows:
+            found.update(m.lower() for m in _UUID.findall(data or ""))
+    return found & set(wanted)
+
+
 def unaccounted(conn: Connection, volume_ids: Iterable[str]) -> set[str]:
     """The ids among `volume_ids` (UUIDs, lowercased) that no running saga owns and
     no assigning / live / deleting record names."""
@@ -68,6 +92,10 @@ def unaccounted(conn: Connection, volume_ids: Iterable[str]) -> set[str]:
     if not candidates:
         return set()
     candidates -= saga_volume_ids(conn)  # sagas first: see the module docstring
+    # Only udx's own volume copies: the control plane attaches other volumes to the
+    # same pantries (disk imports, snapshots of detached disks) under their own
+    # ids, and those are never ours to detach.
+    candidates &= export_copies(conn, candidates)
     named: set[str] = set()
     for chunk in _chunks(sorted(candidates)):
         ids = [_as_uuid(v) for v in chunk]
