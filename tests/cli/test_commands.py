@@ -134,9 +134,13 @@ def test_export_list(udx: Udx, fleet: Fleet) -> None:
     assert [r["id"] for r in images] == [str(fleet.requested)]
     assert udx.json("export", "list", "--resource-type", "image", "--state", "live") == []
     table = udx.ok("export", "list", "--state", "live").stdout
-    assert "export records (2)" in table
+    assert table.splitlines()[0].split()[:2] == ["id", "type"]  # piped: the header first
+    assert len(table.splitlines()) == 3
     assert str(fleet.live) in table and "[fd00:1122:3344:101::1]:17000" in table
     assert str(fleet.requested) not in table
+    on_tty = {"TTY_COMPATIBLE": "1", "COLUMNS": "200"}
+    table = udx.ok("export", "list", "--state", "live", env=on_tty).stdout
+    assert "export records (2)" in table
 
 
 def test_export_show(udx: Udx, fleet: Fleet) -> None:

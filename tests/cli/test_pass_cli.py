@@ -158,8 +158,10 @@ def test_pass_summary_table(
 ) -> None:
     out = cli.ok("pass").stdout
     lines = out.splitlines()
-    assert lines[0] == "pass summary"
-    rows = {re.split(r"\s{2,}", ln.strip())[0]: ln.split()[-1] for ln in lines[2:] if ln.strip()}
+    # Piped: `item  count` lines, nothing above them (the title is for a terminal).
+    rows = {re.split(r"\s{2,}", ln.strip())[0]: ln.split()[-1] for ln in lines if ln.strip()}
+    assert lines[0].startswith("create sagas succeeded")
+    assert all(ln == ln.rstrip() for ln in lines)
     assert rows["create sagas succeeded"] == "4"
     assert rows["records bypassed to deleted"] == "1"
     assert rows["records marked for deletion (expunged pantry)"] == "0"
@@ -204,7 +206,7 @@ def test_dry_run_writes_nothing_and_prints_the_plan(
     out = cli.ok("pass", "--dry-run").stdout
     assert dump_tables(db) == before
     assert sum(s.total_attach_calls + s.total_detach_calls for s in registered) == 0
-    assert out.startswith("dry run: the pass would (")
+    assert out.splitlines()[0].split() == ["step", "would", "export", "type", "resource", "detail"]
     assert not BOX_CHARS.search(out)
     for ref in fleet["refs"]:
         line = next(ln for ln in out.splitlines() if str(ref.resource_id) in ln)
@@ -371,7 +373,7 @@ def test_metrics_file_is_replaced_atomically(
     monkeypatch.setattr(udx.metrics.os, "replace", broken)
     r = cli("pass", "--metrics-file", str(prom))
     assert r.exit_code == 1
-    assert r.stdout.startswith("pass summary")  # the status is still reported
+    assert "records bypassed to deleted" in r.stdout  # the status is still reported
     assert prom.read_text() == text
     assert os.listdir(prom.parent) == ["udx.prom"]
     lines = r.stderr.splitlines()

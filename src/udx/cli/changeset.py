@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from udx.cli.common import is_terminal, print_json, print_table, state, table
+from udx.cli.common import is_terminal, print_json, state
 
 
 def register(app: typer.Typer) -> None:
@@ -32,13 +32,6 @@ def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if as_json:
         print_json(result.to_json(include_would_mark=True))
         return
-    from udx.cli.render import export_rows
+    from udx.cli.render import write_changeset
 
-    t = table("resource type", "resource id", title="request required")
-    for ref in result.request_required:
-        t.add_row(ref.resource_type.value, str(ref.resource_id))
-    print_table(t, f"request required ({len(result.request_required)})")
-    export_rows(result.create_required, f"create required ({len(result.create_required)})")
-    export_rows(result.delete_required, f"delete required ({len(result.delete_required)})")
-    if result.would_mark:
-        export_rows(result.would_mark, f"would be marked for deletion ({len(result.would_mark)})")
+    write_changeset(result)

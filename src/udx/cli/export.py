@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from udx.cli.common import print_json, print_table, state, stdout_console, table
+from udx.cli.common import print_json, state, stdout_console
 
 if TYPE_CHECKING:
     from udx.exports_ops import ExportOpResult
@@ -21,6 +21,7 @@ def list_(
     states: list[str] = typer.Option([], "--state", help="Only these states (repeatable)."),
     resource_type: str | None = typer.Option(None, "--resource-type", help="snapshot or image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
     """List export records."""
     from udx.cli.render import export_rows
@@ -35,7 +36,7 @@ def list_(
     if as_json:
         print_json([r.to_json() for r in records])
         return
-    export_rows(records, f"export records ({len(records)})")
+    export_rows(records, "export records", headers=not no_headers)
 
 
 @app.command("show")
@@ -74,10 +75,12 @@ def show(
             out["history"] = [r.to_json() for r in history if r.id != rec.id]
         print_json(out)
         return
-    t = table("field", "value", title=f"export {rec.id}")
-    for key, value in rec.to_json().items():
-        t.add_row(key, "-" if value is None else str(value))
-    print_table(t, f"export {rec.id}")
+    from udx.cli.tables import write_fields
+
+    write_fields(
+        f"export {rec.id}",
+        [(key, _field(value)) for key, value in rec.to_json().items()],
+    )
     others = [r for r in history if r.id != rec.id]
     if others:
         stdout_console().print(f"{len(others)} earlier record(s) for this resource:")
@@ -133,6 +136,14 @@ def delete(
     finally:
         rt.close()
     _report(result, as_json)
+
+
+def _field(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 _FAILURE_HINTS = {

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from udx.cli.common import confirm, print_json, print_table, state, stdout_console, table
+from udx.cli.common import confirm, print_json, state, stdout_console
 
 if TYPE_CHECKING:
     from udx.domain.address import PantryAddress
@@ -51,6 +51,7 @@ def _probe(address: PantryAddress, timeout: float) -> dict[str, Any]:
 def list_(
     no_check: bool = typer.Option(False, "--no-check", help="Do not call the pantries."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
     """Pantries: state, health, volumes attached, Live exports, and the difference.
 
@@ -130,20 +131,11 @@ def list_(
     if as_json:
         print_json(out)
         return
-    t = table(
-        "address",
-        "state",
-        "reachable",
-        "latency",
-        "attached",
-        "live exports",
-        "missing",
-        "extra",
-        title=f"pantries ({len(out)}, source {settings.pantry.source})",
-    )
-    for r in out:
+    from udx.cli.tables import Column, write_table
+
+    def cells(r: dict[str, Any]) -> list[str]:
         reach = "-" if r["reachable"] is None else ("yes" if r["reachable"] else "NO")
-        t.add_row(
+        return [
             r["address"],
             r["state"],
             reach,
@@ -152,8 +144,23 @@ def list_(
             str(r["live_exports"]),
             "-" if r["missing_on_pantry"] is None else str(len(r["missing_on_pantry"])),
             "-" if r["extra_on_pantry"] is None else str(len(r["extra_on_pantry"])),
-        )
-    print_table(t, f"pantries ({len(out)}, source {settings.pantry.source})")
+        ]
+
+    write_table(
+        (
+            Column("address", key=True),
+            Column("state"),
+            Column("reachable"),
+            Column("latency", priority=3, justify="right"),
+            Column("attached", priority=2, justify="right"),
+            Column("live exports", priority=2, justify="right"),
+            Column("missing", justify="right"),
+            Column("extra", priority=2, justify="right"),
+        ),
+        (cells(r) for r in out),
+        title=f"pantries (source {settings.pantry.source})",
+        headers=not no_headers,
+    )
     console = stdout_console()
     for r in out:
         if r["error"]:
@@ -190,19 +197,30 @@ def affected(
     console = stdout_console()
     if only is not None and only in in_service:
         console.print(f"pantry {only} is in service: no record on it will be marked", markup=False)
-    t = table(
-        "export", "resource", "state", "pantry", "volume", title="records the next pass marks"
+    from udx.cli.tables import Column, write_table
+
+    write_table(
+        (
+            Column("export", key=True),
+            Column("type"),
+            Column("resource", priority=2),
+            Column("state"),
+            Column("pantry", key=True),
+            Column("volume", priority=3),
+        ),
+        (
+            [
+                str(r.id),
+                r.resource_type.value,
+                str(r.resource_id),
+                r.state.value,
+                str(r.pantry_address),
+                str(r.volume_id) if r.volume_id else "-",
+            ]
+            for r in records
+        ),
+        title="records the next pass marks",
     )
-    for r in records:
-        t.add_row(
-            str(r.id),
-            f"{r.resource_type.value} {r.resource_id}",
-            r.state.value,
-            str(r.pantry_address),
-            str(r.volume_id) if r.volume_id else "-",
-        )
-    print_table(t, "records the next pass marks")
-    console.print(f"{len(records)} record(s) on pantries out of service", markup=False)
 
 
 @app.command("add")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from udx.cli.common import is_terminal, print_json, print_table, state, stdout_console, table
+from udx.cli.common import is_terminal, print_json, state, stdout_console
 from udx.domain.errors import EXIT_FAILED, EXIT_UNAVAILABLE, BadInput, UdxError
 
 if TYPE_CHECKING:
@@ -136,35 +136,55 @@ def _run_with_progress(coordinator: Coordinator, show: bool) -> PassStatus:
 def _render_status(status: PassStatus) -> None:
     from collections import Counter
 
+    from udx.cli.tables import write_fields
+
     c = stdout_console()
-    summary = table("item", "count", title="pass summary")
+    rows: list[list[str]] = []
     creates = Counter(s.outcome for s in status.create_invoked_ok)
     deletes = Counter(s.outcome for s in status.delete_invoked_ok)
     for outcome in ("succeeded", "skipped", "unwound", "stuck", "interrupted"):
         if creates[outcome]:
-            summary.add_row(f"create sagas {outcome}", str(creates[outcome]))
+            rows.append([f"create sagas {outcome}", str(creates[outcome])])
         if deletes[outcome]:
-            summary.add_row(f"delete sagas {outcome}", str(deletes[outcome]))
-    summary.add_row(
-        "records marked for deletion (expunged pantry)", str(status.records_marked_for_deletion)
-    )
-    summary.add_row("records marked lost (pantry restarted)", str(status.records_marked_lost))
-    summary.add_row("records bypassed to deleted", str(len(status.records_bypassed_ok)))
-    summary.add_row("sagas recovered", str(status.sagas_recovered))
-    summary.add_row("orphan attachments detached", str(status.orphans_detached))
-    summary.add_row("errors", str(len(status.errors)))
-    print_table(summary, "pass summary")
+            rows.append([f"delete sagas {outcome}", str(deletes[outcome])])
+    rows += [
+        ["records marked for deletion (expunged pantry)", str(status.records_marked_for_deletion)],
+        ["records marked lost (pantry restarted)", str(status.records_marked_lost)],
+        ["records bypassed to deleted", str(len(status.records_bypassed_ok))],
+        ["sagas recovered", str(status.sagas_recovered)],
+        ["orphan attachments detached", str(status.orphans_detached)],
+        ["errors", str(len(status.errors))],
+    ]
+    write_fields("pass summary", [(item, count) for item, count in rows])
     for err in status.errors:
         c.print(f"error: {err}", markup=False)
 
 
 def _render_plan(report: DryRunReport) -> None:
-    t = table("step", "would", "export", "resource", "detail", title="dry run: the pass would")
-    for s in report.steps:
-        resource = f"{s.resource_type} {s.resource_id}" if s.resource_type else "-"
-        export = s.export_id or ("(new)" if s.step.startswith("3") else "-")
-        t.add_row(s.step, s.action, export, resource, s.detail)
-    print_table(t, f"dry run: the pass would ({len(report.steps)} steps)")
+    from udx.cli.tables import Column, write_table
+
+    write_table(
+        (
+            Column("step"),
+            Column("would"),
+            Column("export", key=True),
+            Column("type", priority=2),
+            Column("resource", priority=2),
+            Column("detail", priority=3),
+        ),
+        (
+            [
+                s.step,
+                s.action,
+                s.export_id or ("(new)" if s.step.startswith("3") else "-"),
+                s.resource_type or "-",
+                str(s.resource_id) if s.resource_type else "-",
+                s.detail or "-",
+            ]
+            for s in report.steps
+        ),
+        title="dry run: the pass would",
+    )
     if not report.steps:
         stdout_console().print("nothing to do")
     for err in report.errors:

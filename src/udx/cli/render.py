@@ -4,23 +4,69 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from udx.cli.common import print_table, table
-from udx.domain.model import UserDataExport
+from udx.cli.tables import Column, write_heading, write_table
+from udx.domain.model import Changeset, UserDataExport
+
+EXPORT_COLUMNS = (
+    Column("id", key=True),
+    Column("type"),
+    Column("resource", priority=2),
+    Column("state"),
+    Column("gen", priority=4, justify="right"),
+    Column("saga", priority=5),
+    Column("deleted?", priority=4),
+    Column("pantry", priority=3),
+    Column("volume", priority=5),
+)
 
 
-def export_rows(records: Sequence[UserDataExport], title: str) -> None:
-    t = table("id", "type", "resource", "state", "gen", "saga", "deleted?", "pantry", "volume")
-    for r in records:
-        addr = r.pantry_address
-        t.add_row(
-            str(r.id),
-            r.resource_type.value,
-            str(r.resource_id),
-            r.state.value,
-            str(r.generation),
-            str(r.operating_saga_id) if r.operating_saga_id else "-",
-            "yes" if r.resource_deleted else "no",
-            str(addr) if addr else "-",
-            str(r.volume_id) if r.volume_id else "-",
-        )
-    print_table(t, title)
+def export_cells(r: UserDataExport) -> list[str]:
+    addr = r.pantry_address
+    return [
+        str(r.id),
+        r.resource_type.value,
+        str(r.resource_id),
+        r.state.value,
+        str(r.generation),
+        str(r.operating_saga_id) if r.operating_saga_id else "-",
+        "yes" if r.resource_deleted else "no",
+        str(addr) if addr else "-",
+        str(r.volume_id) if r.volume_id else "-",
+    ]
+
+
+def export_rows(
+    records: Sequence[UserDataExport],
+    title: str,
+    *,
+    total: int | None = None,
+    wide: bool = False,
+    headers: bool = True,
+) -> None:
+    write_table(
+        EXPORT_COLUMNS,
+        (export_cells(r) for r in records),
+        title=title,
+        total=total,
+        wide=wide,
+        headers=headers,
+    )
+
+
+def write_changeset(cs: Changeset) -> None:
+    """The changeset's tables, each titled; piped, a `== title (n)` line before each."""
+    sections: list[tuple[str, Sequence[UserDataExport]]] = [
+        ("create required", cs.create_required),
+        ("delete required", cs.delete_required),
+    ]
+    if cs.would_mark:
+        sections.append(("would be marked for deletion", cs.would_mark))
+    write_heading(f"request required ({len(cs.request_required)})")
+    write_table(
+        (Column("resource type"), Column("resource id", key=True)),
+        ([ref.resource_type.value, str(ref.resource_id)] for ref in cs.request_required),
+        title="request required",
+    )
+    for title, records in sections:
+        write_heading(f"{title} ({len(records)})")
+        export_rows(records, title)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from udx.cli.common import confirm, print_json, print_table, state, stdout_console, table
+from udx.cli.common import confirm, print_json, state, stdout_console
 
 if TYPE_CHECKING:
     from udx.db.engine import Database
@@ -57,6 +57,7 @@ def list_(
     ),
     name: str | None = typer.Option(None, "--name", help="Only sagas with this name."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
     """List sagas in the log, oldest first."""
     from udx.datastore import saga_log
@@ -67,20 +68,36 @@ def list_(
     if as_json:
         print_json([s.to_json() for s in sagas])
         return
-    t = table("id", "name", "state", "outcome", "created", "owner", "gen", "lease until")
-    for s in sagas:
-        active = s.saga_state in saga_log.ACTIVE_STATES
-        t.add_row(
-            str(s.id),
-            s.name,
-            s.saga_state,
-            s.outcome or "-",
-            _ts(s.time_created),
-            str(s.current_sec) if s.current_sec else "-",
-            str(s.adopt_generation),
-            _ts(s.lease_expires) if active else "-",
-        )
-    print_table(t, f"sagas ({len(sagas)})")
+    from udx.cli.tables import Column, fmt_time, write_table
+
+    columns = (
+        Column("id", key=True),
+        Column("name"),
+        Column("state"),
+        Column("outcome"),
+        Column("created", priority=2),
+        Column("owner", priority=4),
+        Column("gen", priority=3, justify="right"),
+        Column("lease until", priority=3),
+    )
+    write_table(
+        columns,
+        (
+            [
+                str(s.id),
+                s.name,
+                s.saga_state,
+                s.outcome or "-",
+                fmt_time(s.time_created),
+                str(s.current_sec) if s.current_sec else "-",
+                str(s.adopt_generation),
+                fmt_time(s.lease_expires) if s.saga_state in saga_log.ACTIVE_STATES else "-",
+            ]
+            for s in sagas
+        ),
+        title="sagas",
+        headers=not no_headers,
+    )
 
 
 @app.command("show")
@@ -182,10 +199,22 @@ def _report(results: list[SagaResult], as_json: bool) -> None:
     if not results:
         stdout_console().print("no saga needed recovery")
         return
-    t = table("saga", "name", "outcome", "failed node", "error")
-    for r in results:
-        t.add_row(str(r.saga_id), r.name, r.outcome, r.failed_node or "-", r.error or "-")
-    print_table(t, f"sagas ({len(results)})")
+    from udx.cli.tables import Column, write_table
+
+    write_table(
+        (
+            Column("saga", key=True),
+            Column("name"),
+            Column("outcome"),
+            Column("failed node", priority=2),
+            Column("error", priority=3),
+        ),
+        (
+            [str(r.saga_id), r.name, r.outcome, r.failed_node or "-", r.error or "-"]
+            for r in results
+        ),
+        title="saga results",
+    )
 
 
 @app.command("abandon")
