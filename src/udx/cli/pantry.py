@@ -194,9 +194,6 @@ def affected(
             }
         )
         return
-    console = stdout_console()
-    if only is not None and only in in_service:
-        console.print(f"pantry {only} is in service: no record on it will be marked", markup=False)
     from udx.cli.tables import Column, write_table
 
     write_table(
@@ -221,6 +218,10 @@ def affected(
         ),
         title="records the next pass marks",
     )
+    if only is not None and only in in_service:
+        stdout_console().print(
+            f"pantry {only} is in service: no record on it will be marked", markup=False
+        )
 
 
 @app.command("add")
