@@ -11,6 +11,12 @@ _udx() {
         esac
     done
     _udx_table "$path"
+    local choices
+    choices="$(_udx_choices "$path" "$prev")"
+    if [[ -n "$choices" ]]; then
+        COMPREPLY=( $(compgen -W "$choices" -- "$cur") )
+        return 0
+    fi
     case " $value_opts " in
         *" $prev "*) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
     esac
@@ -80,6 +86,17 @@ _udx_table() {
         "saga recover") words="--json -h --help"; value_opts="" ;;
         "saga resume") words="--json -h --help"; value_opts="" ;;
         "saga show") words="--json -h --help"; value_opts="" ;;
+    esac
+}
+_udx_choices() {
+    case "$1|$2" in
+        "|--log-format") echo "human json" ;;
+        "export create|--resource-type") echo "snapshot image" ;;
+        "export list|--state") echo "requested assigning live deleting deleted" ;;
+        "export list|--resource-type") echo "snapshot image" ;;
+        "export show|--resource-type") echo "snapshot image" ;;
+        "saga list|--state") echo "running unwinding done abandoned" ;;
+        "saga list|--name") echo "export-create export-delete" ;;
     esac
 }
 complete -o default -F _udx udx

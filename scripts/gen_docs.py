@@ -37,6 +37,7 @@ class Opt:
     help: str
     takes_value: bool
     metavar: str
+    choices: list[str] = field(default_factory=list)  # the values completion offers
 
 
 @dataclass
@@ -63,6 +64,7 @@ def _walk(cmd: Any, path: list[str], ctx: Any) -> Cmd:
                     help=(p.help or "").strip(),
                     takes_value=not p.is_flag,
                     metavar=(p.metavar or (p.name or "value").upper()) if not p.is_flag else "",
+                    choices=_choices(p),
                 )
             )
         elif p.param_type_name == "argument":
@@ -75,6 +77,13 @@ def _walk(cmd: Any, path: list[str], ctx: Any) -> Cmd:
                 continue
             node.children.append(_walk(sub, [*path, name], ctx))
     return node
+
+
+def _choices(param: Any) -> list[str]:
+    desc = getattr(param, "type_descriptor", None)
+    if desc is None or not desc.is_choice or not desc.choices:
+        return []
+    return [str(getattr(c, "value", c)) for c in desc.choices]
 
 
 def command_tree() -> Cmd:
@@ -114,6 +123,12 @@ _udx() {{
         esac
     done
     _udx_table "$path"
+    local choices
+    choices="$(_udx_choices "$path" "$prev")"
+    if [[ -n "$choices" ]]; then
+        COMPREPLY=( $(compgen -W "$choices" -- "$cur") )
+        return 0
+    fi
     case " $value_opts " in
         *" $prev "*) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
     esac
@@ -130,8 +145,25 @@ _udx_table() {{
 {chr(10).join(cases)}
     esac
 }}
+_udx_choices() {{
+    case "$1|$2" in
+{chr(10).join(_choice_cases(tree, lambda c: f'echo "{" ".join(c)}"'))}
+    esac
+}}
 complete -o default -F _udx udx
 """
+
+
+def _choice_cases(tree: Cmd, action: Any) -> list[str]:
+    """`"path|--option") <action>` lines for every option with a closed set of values."""
+    out = []
+    for node in _all(tree):
+        key = " ".join(node.path[1:])
+        for o in node.options:
+            if o.choices:
+                for n in o.names:
+                    out.append(f'        "{key}|{n}") {action(o.choices)} ;;')
+    return out
 
 
 def zsh_completion(tree: Cmd) -> str:
@@ -153,6 +185,9 @@ _udx() {{
         [[ "$w" == -* ]] && continue
         if (( ${{known[(Ie)${{path:+$path }}$w]}} )); then path="${{path:+$path }}$w"; fi
     done
+    case "$path|${{words[CURRENT-1]}}" in
+{chr(10).join(_choice_cases(tree, lambda c: f"candidates=({' '.join(c)}); _describe -t values 'value' candidates; return"))}
+    esac
     case "$path" in
 {chr(10).join(cases)}
     esac
@@ -187,6 +222,8 @@ def fish_completion(tree: Cmd) -> str:
             for n in o.names:
                 flags.append(f"-l {n[2:]}" if n.startswith("--") else f"-s {n[1:]}")
             req = " -r" if o.takes_value else ""
+            if o.choices:
+                req += f" -f -a {_fq(' '.join(o.choices))}"
             lines.append(f"complete -c udx -n '{cond}' {' '.join(flags)}{req} -d {_fq(o.help)}")
     return "\n".join(lines) + "\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -150,6 +151,11 @@ def confirm(prompt: str, yes: bool) -> None:
         raise BadInput(f"{prompt}: refusing without a terminal to confirm on; pass --yes")
     if not typer.confirm(prompt + "?", default=False):
         raise typer.Abort()
+
+
+def choice_metavar(choices: type[enum.Enum]) -> str:
+    """`[a|b|c]`: the values an Enum option takes, for help and man pages."""
+    return "[" + "|".join(str(m.value) for m in choices) + "]"
 
 
 def env_flag(name: str) -> bool:

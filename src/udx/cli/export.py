@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from udx.cli.common import print_json, state, stdout_console
+from udx.cli.common import choice_metavar, print_json, state, stdout_console
+from udx.domain.model import ExportState, ResourceType
 
 if TYPE_CHECKING:
     from udx.exports_ops import ExportOpResult
@@ -18,21 +19,30 @@ app = typer.Typer(
 
 @app.command("list")
 def list_(
-    states: list[str] = typer.Option([], "--state", help="Only these states (repeatable)."),
-    resource_type: str | None = typer.Option(None, "--resource-type", help="snapshot or image."),
+    states: list[ExportState] = typer.Option(
+        [],
+        "--state",
+        case_sensitive=False,
+        metavar=choice_metavar(ExportState),
+        help="Only records in this state (repeatable).",
+    ),
+    resource_type: ResourceType | None = typer.Option(
+        None,
+        "--resource-type",
+        case_sensitive=False,
+        metavar=choice_metavar(ResourceType),
+        help="Only records of this kind of resource.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
     """List export records."""
     from udx.cli.render import export_rows
     from udx.datastore import exports
-    from udx.domain.model import ExportState, ResourceType
 
-    wanted = [ExportState.parse(s) for s in states]
-    kind = ResourceType.parse(resource_type) if resource_type else None
     db = state().database()
     with db.connect() as conn:
-        records = exports.list_exports(conn, states=wanted, resource_type=kind)
+        records = exports.list_exports(conn, states=list(states), resource_type=resource_type)
     if as_json:
         print_json([r.to_json() for r in records])
         return
@@ -41,15 +51,23 @@ def list_(
 
 @app.command("show")
 def show(
-    export_id: str | None = typer.Argument(None, help="Export record id."),
-    resource_type: str | None = typer.Option(None, "--resource-type", help="snapshot or image."),
-    resource_id: str | None = typer.Option(None, "--resource-id", help="The resource's UUID."),
+    export_id: str | None = typer.Argument(None, metavar="EXPORT_ID", help="Export record id."),
+    resource_type: ResourceType | None = typer.Option(
+        None,
+        "--resource-type",
+        case_sensitive=False,
+        metavar=choice_metavar(ResourceType),
+        help="With --resource-id: the resource's kind.",
+    ),
+    resource_id: str | None = typer.Option(
+        None, "--resource-id", metavar="UUID", help="The resource's id."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show one export record, by id or by resource (with its earlier records)."""
     from udx.datastore import exports
     from udx.domain.errors import BadInput, NotFound
-    from udx.domain.model import ResourceType, parse_uuid
+    from udx.domain.model import parse_uuid
 
     by_resource = resource_type is not None or resource_id is not None
     if (export_id is None) == (not by_resource):
@@ -62,7 +80,7 @@ def show(
         else:
             if resource_type is None or resource_id is None:
                 raise BadInput("--resource-type and --resource-id go together")
-            kind = ResourceType.parse(resource_type)
+            kind = resource_type
             rid = parse_uuid(resource_id, "resource id")
             history = exports.all_for_resource(conn, kind, rid)
             if not history:
@@ -90,16 +108,24 @@ def show(
 
 @app.command("create")
 def create(
-    resource_type: str = typer.Option(..., "--resource-type", help="snapshot or image."),
-    resource_id: str = typer.Option(..., "--resource-id", help="The resource's UUID."),
+    resource_type: ResourceType = typer.Option(
+        ...,
+        "--resource-type",
+        case_sensitive=False,
+        metavar=choice_metavar(ResourceType),
+        help="The resource's kind.",
+    ),
+    resource_id: str = typer.Option(
+        ..., "--resource-id", metavar="UUID", help="The resource's id."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Create an export for one resource now: the record, then the create saga."""
-    from udx.domain.model import ResourceType, parse_uuid
+    from udx.domain.model import parse_uuid
     from udx.exports_ops import create_export
     from udx.runtime import build_runtime
 
-    kind = ResourceType.parse(resource_type)
+    kind = resource_type
     rid = parse_uuid(resource_id, "resource id")
     st = state()
     rt = build_runtime(st.database(), st.settings(), concurrency=1)
@@ -112,7 +138,7 @@ def create(
 
 @app.command("delete")
 def delete(
-    export_id: str = typer.Argument(..., help="Export record id."),
+    export_id: str = typer.Argument(..., metavar="EXPORT_ID", help="Export record id."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

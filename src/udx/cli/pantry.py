@@ -169,7 +169,9 @@ def list_(
 
 @app.command("affected")
 def affected(
-    pantry: str | None = typer.Option(None, "--pantry", help="Only records on this pantry."),
+    pantry: str | None = typer.Option(
+        None, "--pantry", metavar="ADDRESS", help='Only records on this pantry ("ip:port").'
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Records on pantries out of service: what the next pass will mark for deletion."""
@@ -225,7 +227,9 @@ def affected(
 
 
 @app.command("add")
-def add(address: str = typer.Argument(..., help='"ip:port" or "[ipv6]:port".')) -> None:
+def add(
+    address: str = typer.Argument(..., metavar="ADDRESS", help='"ip:port" or "[ipv6]:port".'),
+) -> None:
     """Put a pantry in service (the pantry table)."""
     from udx.datastore import pantries
     from udx.domain.address import PantryAddress
@@ -244,7 +248,7 @@ def add(address: str = typer.Argument(..., help='"ip:port" or "[ipv6]:port".')) 
 
 @app.command("expunge")
 def expunge(
-    address: str = typer.Argument(..., help='"ip:port" or "[ipv6]:port".'),
+    address: str = typer.Argument(..., metavar="ADDRESS", help='"ip:port" or "[ipv6]:port".'),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Take a pantry out of service; the next pass tears down its exports."""

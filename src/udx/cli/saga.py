@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from udx.cli.common import confirm, print_json, state, stdout_console
+from udx.cli.choices import SagaName, SagaState
+from udx.cli.common import choice_metavar, confirm, print_json, state, stdout_console
 
 if TYPE_CHECKING:
     from udx.db.engine import Database
@@ -52,10 +53,16 @@ def _result_json(r: SagaResult) -> dict[str, Any]:
 
 @app.command("list")
 def list_(
-    states: list[str] = typer.Option(
-        [], "--state", help="Only these states: running, unwinding, done, abandoned (repeatable)."
+    states: list[SagaState] = typer.Option(
+        [],
+        "--state",
+        case_sensitive=False,
+        metavar=choice_metavar(SagaState),
+        help="Only sagas in this state (repeatable).",
     ),
-    name: str | None = typer.Option(None, "--name", help="Only sagas with this name."),
+    name: SagaName | None = typer.Option(
+        None, "--name", metavar=choice_metavar(SagaName), help="Only sagas of this kind."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
@@ -64,7 +71,9 @@ def list_(
 
     db = state().database()
     with db.connect() as conn:
-        sagas = saga_log.list_sagas(conn, states=[s.strip().lower() for s in states], name=name)
+        sagas = saga_log.list_sagas(
+            conn, states=[s.value for s in states], name=name.value if name else None
+        )
     if as_json:
         print_json([s.to_json() for s in sagas])
         return
@@ -102,7 +111,7 @@ def list_(
 
 @app.command("show")
 def show(
-    saga_id: str = typer.Argument(..., help="Saga id."),
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="Saga id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show one saga and its node events as a tree."""
@@ -160,7 +169,7 @@ def show(
 
 @app.command("resume")
 def resume(
-    saga_id: str = typer.Argument(..., help="Saga id."),
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="Saga id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Adopt one saga whose owner's lease expired and continue it from the log."""
@@ -219,7 +228,7 @@ def _report(results: list[SagaResult], as_json: bool) -> None:
 
 @app.command("abandon")
 def abandon(
-    saga_id: str = typer.Argument(..., help="Saga id."),
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="Saga id."),
     reason: str = typer.Option(..., "--reason", help="Why (short, e.g. 'operator')."),
     comment: str = typer.Option(..., "--comment", help="What happened, for whoever reads the log."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
