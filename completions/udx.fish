@@ -97,7 +97,7 @@ complete -c udx -n '__fish_seen_subcommand_from saga; and __fish_seen_subcommand
 complete -c udx -n '__fish_seen_subcommand_from saga; and __fish_seen_subcommand_from abandon' -l yes -s y -d 'Do not ask for confirmation.'
 complete -c udx -n '__fish_seen_subcommand_from saga; and __fish_seen_subcommand_from abandon' -s h -l help -d 'Show the help and exit.'
 complete -c udx -n '__fish_seen_subcommand_from saga; and __fish_seen_subcommand_from list' -l state -r -f -a 'running unwinding done abandoned' -d 'Only sagas in this state (repeatable).'
-complete -c udx -n '__fish_seen_subcommand_from saga; and __fish_seen_subcommand_from list' -l name -r -f -a 'export-create export-delete' -d 'Only sagas of this kind.'
+complete -c udx -n '__fish_seen_subcommand_from saga; and __fish_seen_subcommand_from list' -l name -r -f -a 'export-create export-delete' -d 'Only sagas of this kind (export-create, export-delete, or any name in the log).'
 complete -c udx -n '__fish_seen_subcommand_from saga; and __fish_seen_subcommand_from list' -l json -d 'Print JSON.'
 complete -c udx -n '__fish_seen_subcommand_from saga; and __fish_seen_subcommand_from list' -l no-headers -d 'No header line.'
 complete -c udx -n '__fish_seen_subcommand_from saga; and __fish_seen_subcommand_from list' -s h -l help -d 'Show the help and exit.'

@@ -64,7 +64,7 @@ def _walk(cmd: Any, path: list[str], ctx: Any) -> Cmd:
                     help=(p.help or "").strip(),
                     takes_value=not p.is_flag,
                     metavar=(p.metavar or (p.name or "value").upper()) if not p.is_flag else "",
-                    choices=_choices(p),
+                    choices=_choices(p, ctx),
                 )
             )
         elif p.param_type_name == "argument":
@@ -79,11 +79,13 @@ def _walk(cmd: Any, path: list[str], ctx: Any) -> Cmd:
     return node
 
 
-def _choices(param: Any) -> list[str]:
+def _choices(param: Any, ctx: Any) -> list[str]:
     desc = getattr(param, "type_descriptor", None)
-    if desc is None or not desc.is_choice or not desc.choices:
-        return []
-    return [str(getattr(c, "value", c)) for c in desc.choices]
+    if desc is not None and desc.is_choice and desc.choices:
+        return [str(getattr(c, "value", c)) for c in desc.choices]
+    if getattr(param, "_custom_shell_complete", None) is not None:  # autocompletion=
+        return [item.value for item in param.shell_complete(ctx, "")]
+    return []
 
 
 def command_tree() -> Cmd:

@@ -26,7 +26,7 @@ def test_choice_sets_match_their_sources() -> None:
         (["export", "list"], ["--state [requested|assigning|live|deleting|deleted]",
                               "--resource-type [snapshot|image]"]),
         (["saga", "list"], ["--state [running|unwinding|done|abandoned]",
-                            "--name [export-create|export-delete]"]),
+                            "--name NAME", "export-create,", "export-delete"]),
         (["export", "show"], ["[EXPORT_ID]", "--resource-id UUID"]),
         ([], ["--log-format [human|json]", "--db URL", "--config PATH"]),
     ],
@@ -44,7 +44,7 @@ def test_help_lists_the_values(udx_nodb: Udx, args: list[str], shown: list[str])
     [
         (["export", "list", "--resource-type", ""], "'' (empty) is not one of: snapshot, image"),
         (["export", "list", "--state", "alive"], "'alive' is not one of: requested, assigning"),
-        (["saga", "list", "--name", "export-delet"], "is not one of: export-create, export-delete"),
+        (["saga", "list", "--name", "export-delet"], "no saga named 'export-delet' in the log"),
         (["saga", "list", "--state", "finished"], "'finished' is not one of: running"),
         (["export", "create", "--resource-type", "disk", "--resource-id", "x"], "'disk'"),
         (["--log-format", "xml", "db", "status"], "'xml' is not one of: human, json"),

@@ -40,6 +40,10 @@ def _executor(db: Database) -> SagaExecutor:
     )
 
 
+def _saga_names(incomplete: str) -> list[str]:
+    return [n.value for n in SagaName if n.value.startswith(incomplete)]
+
+
 def _result_json(r: SagaResult) -> dict[str, Any]:
     return {
         "saga_id": str(r.saga_id),
@@ -60,8 +64,13 @@ def list_(
         metavar=choice_metavar(SagaState),
         help="Only sagas in this state (repeatable).",
     ),
-    name: SagaName | None = typer.Option(
-        None, "--name", metavar=choice_metavar(SagaName), help="Only sagas of this kind."
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        metavar="NAME",
+        autocompletion=_saga_names,
+        help=f"Only sagas of this kind ({', '.join(n.value for n in SagaName)}, or any name "
+        "in the log).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
@@ -71,9 +80,20 @@ def list_(
 
     db = state().database()
     with db.connect() as conn:
-        sagas = saga_log.list_sagas(
-            conn, states=[s.value for s in states], name=name.value if name else None
-        )
+        sagas = saga_log.list_sagas(conn, states=[s.value for s in states], name=name)
+        if name is not None and not sagas and name not in set(SagaName):
+            # The log may hold sagas of names this udx does not run; a typo matches none.
+            from sqlalchemy import select
+
+            from udx.db.schema import saga as saga_table
+            from udx.domain.errors import BadInput
+
+            found = conn.execute(
+                select(saga_table.c.name).where(saga_table.c.name == name).limit(1)
+            ).first()
+            if found is None:
+                known = ", ".join(n.value for n in SagaName)
+                raise BadInput(f"no saga named {name!r} in the log (udx runs: {known})")
     if as_json:
         print_json([s.to_json() for s in sagas])
         return
