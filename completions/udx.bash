@@ -71,7 +71,7 @@ _udx_table() {
         "export") words="create delete list show -h --help"; value_opts="" ;;
         "export create") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export delete") words="--yes -y --json -h --help"; value_opts="" ;;
-        "export list") words="--state --resource-type --json --no-headers -h --help"; value_opts="--state --resource-type" ;;
+        "export list") words="--state --resource-type --resource-id --pantry --since --limit --all --sort -o --output --json --no-headers -h --help"; value_opts="--state --resource-type --resource-id --pantry --since --limit --sort -o --output" ;;
         "export show") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "pantry") words="add affected expunge list -h --help"; value_opts="" ;;
         "pantry add") words="-h --help"; value_opts="" ;;
@@ -94,6 +94,9 @@ _udx_choices() {
         "export create|--resource-type") echo "snapshot image" ;;
         "export list|--state") echo "requested assigning live deleting deleted" ;;
         "export list|--resource-type") echo "snapshot image" ;;
+        "export list|--sort") echo "resource id state created modified pantry generation" ;;
+        "export list|-o") echo "json wide name" ;;
+        "export list|--output") echo "json wide name" ;;
         "export show|--resource-type") echo "snapshot image" ;;
         "saga list|--state") echo "running unwinding done abandoned" ;;
         "saga list|--name") echo "export-create export-delete" ;;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,10 @@ def test_export_show(udx: Udx, fleet: Fleet) -> None:
     assert str(fleet.live) in text and "live" in text and str(fleet.live_snapshot) in text
     text = udx.ok("export", "show", "--resource-type", "snapshot", "--resource-id",
                   str(fleet.live_snapshot)).stdout
-    assert "1 earlier record(s)" in text and str(fleet.old) in text
+    assert "== earlier records for this resource (1)" in text and str(fleet.old) in text
+    fields = dict(re.split(r"\s{2,}", ln, maxsplit=1) for ln in text.split("==")[0].splitlines())
+    assert fields["marked for deletion"] == "no" and fields["state"] == "live"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+s ago\)", fields["created"])
 
 
 # --- bad input ----------------------------------------------------------------------------------

@@ -30,3 +30,13 @@ class Output(enum.StrEnum):
     JSON = "json"
     WIDE = "wide"
     NAME = "name"  # ids only, one a line
+
+
+class ExportSort(enum.StrEnum):  # udx.datastore.exports.SORT_FIELDS
+    RESOURCE = "resource"
+    ID = "id"
+    STATE = "state"
+    CREATED = "created"
+    MODIFIED = "modified"
+    PANTRY = "pantry"
+    GENERATION = "generation"

@@ -153,6 +153,22 @@ def confirm(prompt: str, yes: bool) -> None:
         raise typer.Abort()
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds in "90s", "15m", "2h", "1h30m", "7d", "1w"; BadInput otherwise."""
+    import re
+
+    spec = text.strip().lower()
+    parts = re.findall(r"(\d+)([smhdw])", spec)
+    if not spec or "".join(n + u for n, u in parts) != spec:
+        raise BadInput(
+            f"{option} {text!r}: expected a duration like 90s, 15m, 2h, 1h30m, 7d or 1w"
+        )
+    return float(sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
 def choice_metavar(choices: type[enum.Enum]) -> str:
     """`[a|b|c]`: the values an Enum option takes, for help and man pages."""
     return "[" + "|".join(str(m.value) for m in choices) + "]"

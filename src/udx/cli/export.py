@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 
 import typer
 
-from udx.cli.common import choice_metavar, print_json, state, stdout_console
+from udx.cli.choices import ExportSort, Output
+from udx.cli.common import choice_metavar, is_terminal, print_json, state, stdout_console
 from udx.domain.model import ExportState, ResourceType
 
 if TYPE_CHECKING:
     from udx.exports_ops import ExportOpResult
+
+TERMINAL_LIMIT = 50  # rows `export list` shows on a terminal unless told
 
 app = typer.Typer(
     help="List, show, create and delete user data export records.", no_args_is_help=True
@@ -33,20 +37,112 @@ def list_(
         metavar=choice_metavar(ResourceType),
         help="Only records of this kind of resource.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    resource_id: str | None = typer.Option(
+        None, "--resource-id", metavar="UUID", help="Only the records of this resource."
+    ),
+    pantry: str | None = typer.Option(
+        None, "--pantry", metavar="ADDRESS", help='Only records on this pantry ("ip:port").'
+    ),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        metavar="DURATION",
+        help="Only records created or changed in the last DURATION (90s, 15m, 2h, 7d).",
+    ),
+    limit: int | None = typer.Option(
+        None,
+        "--limit",
+        min=1,
+        metavar="N",
+        help=f"The newest N records (default on a terminal: {TERMINAL_LIMIT}; piped: all).",
+    ),
+    show_all: bool = typer.Option(False, "--all", help="Every record, even on a terminal."),
+    sort: ExportSort = typer.Option(
+        ExportSort.RESOURCE,
+        "--sort",
+        case_sensitive=False,
+        metavar=choice_metavar(ExportSort),
+        help="Order of the rows.",
+    ),
+    output: Output | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        case_sensitive=False,
+        metavar=choice_metavar(Output),
+        help="json (as --json), wide (every column, times in full) or name (ids only).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (as -o json)."),
     no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
-    """List export records."""
+    """List export records, filtered and sorted.
+
+    On a terminal the newest 50 show unless --limit or --all says otherwise; the
+    title says how many match. Piped, every matching record, one a line.
+
+    Examples:
+
+      udx export list --state live --pantry 10.0.0.1:17000
+
+      udx export list --since 1h --sort modified -o wide
+
+      udx export list -o name --state deleting | xargs -n1 udx export show
+    """
+    import datetime as dt
+
+    from udx.cli.common import parse_duration
     from udx.cli.render import export_rows
     from udx.datastore import exports
+    from udx.domain.address import PantryAddress
+    from udx.domain.errors import BadInput
+    from udx.domain.model import parse_uuid
 
+    if as_json and output not in (None, Output.JSON):
+        raise BadInput(f"--json and -o {output.value} do not go together")
+    shape = Output.JSON if as_json else output
+    if show_all and limit is not None:
+        raise BadInput("--all and --limit do not go together")
+    rid = parse_uuid(resource_id, "resource id") if resource_id is not None else None
+    addr = PantryAddress.parse(pantry) if pantry is not None else None
+    cutoff = None
+    if since is not None:
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_duration(since, "--since"))
+    if limit is None and not show_all and shape in (None, Output.WIDE) and is_terminal():
+        limit = TERMINAL_LIMIT
     db = state().database()
     with db.connect() as conn:
-        records = exports.list_exports(conn, states=list(states), resource_type=resource_type)
-    if as_json:
+        page = exports.find_exports(
+            conn,
+            states=list(states),
+            resource_type=resource_type,
+            resource_id=rid,
+            pantry=addr,
+            modified_since=cutoff,
+            sort=sort.value,
+            limit=limit,
+        )
+    records = page.records
+    if shape is Output.JSON:
         print_json([r.to_json() for r in records])
         return
-    export_rows(records, "export records", headers=not no_headers)
+    if shape is Output.NAME:
+        import sys
+
+        sys.stdout.write("".join(f"{r.id}\n" for r in records))
+        return
+    export_rows(
+        records,
+        "export records",
+        total=page.total,
+        wide=shape is Output.WIDE,
+        headers=not no_headers,
+    )
+    if page.total > len(records) and is_terminal():
+        stdout_console().print(
+            f"the newest {len(records)} of {page.total}: --limit N or --all for more",
+            style="dim",
+            markup=False,
+        )
 
 
 @app.command("show")
@@ -93,17 +189,51 @@ def show(
             out["history"] = [r.to_json() for r in history if r.id != rec.id]
         print_json(out)
         return
-    from udx.cli.tables import write_fields
+    from udx.cli.tables import Column, fmt_age, fmt_time, write_fields, write_heading, write_table
 
+    def when(value: dt.datetime | None) -> str:
+        return f"{fmt_time(value)} ({fmt_age(value)} ago)" if value is not None else "-"
+
+    addr = rec.pantry_address
     write_fields(
         f"export {rec.id}",
-        [(key, _field(value)) for key, value in rec.to_json().items()],
+        [
+            ("id", str(rec.id)),
+            ("state", rec.state.value),
+            ("resource", f"{rec.resource_type.value} {rec.resource_id}"),
+            ("marked for deletion", "yes" if rec.resource_deleted else "no"),
+            ("generation", str(rec.generation)),
+            ("saga", str(rec.operating_saga_id) if rec.operating_saga_id else "-"),
+            ("pantry", str(addr) if addr else "-"),
+            ("volume", str(rec.volume_id) if rec.volume_id else "-"),
+            ("created", when(rec.time_created)),
+            ("modified", when(rec.time_modified)),
+        ],
     )
     others = [r for r in history if r.id != rec.id]
     if others:
-        stdout_console().print(f"{len(others)} earlier record(s) for this resource:")
-        for r in others:
-            stdout_console().print(f"  {r.id}  {r.state.value}  generation {r.generation}")
+        title = "earlier records for this resource"
+        write_heading(f"{title} ({len(others)})")
+        write_table(
+            (
+                Column("id", key=True),
+                Column("state"),
+                Column("gen", justify="right"),
+                Column("created", priority=2),
+                Column("modified"),
+            ),
+            (
+                [
+                    str(r.id),
+                    r.state.value,
+                    str(r.generation),
+                    fmt_time(r.time_created),
+                    fmt_time(r.time_modified),
+                ]
+                for r in others
+            ),
+            title=title,
+        )
 
 
 @app.command("create")
@@ -162,14 +292,6 @@ def delete(
     finally:
         rt.close()
     _report(result, as_json)
-
-
-def _field(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
 
 
 _FAILURE_HINTS = {

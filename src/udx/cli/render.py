@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from udx.cli.tables import Column, write_heading, write_table
+from udx.cli.tables import Column, fmt_age, fmt_time, write_heading, write_table
 from udx.domain.model import Changeset, UserDataExport
 
 EXPORT_COLUMNS = (
@@ -12,11 +12,14 @@ EXPORT_COLUMNS = (
     Column("type"),
     Column("resource", priority=2),
     Column("state"),
+    Column("age", priority=2, justify="right"),
     Column("gen", priority=4, justify="right"),
     Column("saga", priority=5),
-    Column("deleted?", priority=4),
+    Column("marked", priority=4),  # marked for deletion (resource_deleted)
     Column("pantry", priority=3),
     Column("volume", priority=5),
+    Column("created", wide=True),
+    Column("modified", wide=True),
 )
 
 
@@ -27,11 +30,14 @@ def export_cells(r: UserDataExport) -> list[str]:
         r.resource_type.value,
         str(r.resource_id),
         r.state.value,
+        fmt_age(r.time_created),
         str(r.generation),
         str(r.operating_saga_id) if r.operating_saga_id else "-",
         "yes" if r.resource_deleted else "no",
         str(addr) if addr else "-",
         str(r.volume_id) if r.volume_id else "-",
+        fmt_time(r.time_created),
+        fmt_time(r.time_modified),
     ]
 
 
