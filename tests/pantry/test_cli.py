@@ -115,8 +115,8 @@ def test_expunge_confirms_with_a_count(db_url: str, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(pantry_cli, "confirm", lambda prompt, yes: prompts.append(prompt))
     r = ok(udx(db_url, "pantry", "expunge", "127.0.0.1:17000"))
-    assert prompts and "2 export record(s)" in prompts[0]
-    assert "2 export record(s)" in r.stdout
+    assert prompts and "2 export records" in prompts[0] and prompts[0].startswith("Expunge")
+    assert "2 export records" in r.stdout
 
 
 @pytest.mark.parametrize(

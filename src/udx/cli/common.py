@@ -169,6 +169,11 @@ def parse_duration(text: str, option: str) -> float:
     return float(sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
 
 
+def plural(n: int, noun: str) -> str:
+    """"1 step", "2 steps": one spelling for counts in human output."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def choice_metavar(choices: type[enum.Enum]) -> str:
     """`[a|b|c]`: the values an Enum option takes, for help and man pages."""
     return "[" + "|".join(str(m.value) for m in choices) + "]"

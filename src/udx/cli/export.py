@@ -79,14 +79,6 @@ def list_(
 
     On a terminal the newest 50 show unless --limit or --all says otherwise; the
     title says how many match. Piped, every matching record, one a line.
-
-    Examples:
-
-      udx export list --state live --pantry 10.0.0.1:17000
-
-      udx export list --since 1h --sort modified -o wide
-
-      udx export list -o name --state deleting | xargs -n1 udx export show
     """
     import datetime as dt
 
@@ -285,7 +277,7 @@ def delete(
 
     with db.connect() as conn:
         exports.get_required(conn, eid)  # a missing id fails before any question
-    confirm(f"delete export {eid} and detach its volume", yes)
+    confirm(f"Delete export {eid} and detach its volume", yes)
     rt = build_runtime(db, st.settings(), concurrency=1)
     try:
         result = delete_export(rt, eid)

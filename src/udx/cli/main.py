@@ -49,6 +49,12 @@ class UdxGroup(TyperGroup):
     With -v the traceback follows the line. Usage errors are exit 2 as in click.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from udx.cli.examples import attach
+
+        attach(self)
+
     def main(
         self,
         args: Sequence[str] | None = None,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from udx.cli.common import confirm, print_json, state, stdout_console
+from udx.cli.common import confirm, plural, print_json, state, stdout_console
 
 if TYPE_CHECKING:
     from udx.domain.address import PantryAddress
@@ -274,12 +274,14 @@ def expunge(
         console.print(f"pantry {addr} is already expunged", markup=False)
         return
     confirm(
-        f"Expunge pantry {addr} ({len(on_it)} export record(s) on it will be torn down "
+        f"Expunge pantry {addr} ({plural(len(on_it), 'export record')} on it will be torn down "
         "and recreated elsewhere by the next pass)",
         yes,
     )
     outcome = db.transaction(lambda conn: pantries.expunge(conn, addr), name="pantry expunge")
     if outcome == "expunged":
-        console.print(f"pantry {addr} expunged; {len(on_it)} export record(s) on it", markup=False)
+        console.print(
+            f"pantry {addr} expunged; {plural(len(on_it), 'export record')} on it", markup=False
+        )
     else:
         console.print(f"pantry {addr} is already expunged", markup=False)
