@@ -79,7 +79,7 @@ _udx_table() {
         "pantry expunge") words="--yes -y -h --help"; value_opts="" ;;
         "pantry list") words="--no-check --json --no-headers -h --help"; value_opts="" ;;
         "pantry-sim") words="--listen --latency --quiet -q -h --help"; value_opts="--listen --latency" ;;
-        "pass") words="--dry-run --concurrency --json --metrics-file -h --help"; value_opts="--concurrency --metrics-file" ;;
+        "pass") words="--dry-run --concurrency --json --progress-every --metrics-file -h --help"; value_opts="--concurrency --progress-every --metrics-file" ;;
         "saga") words="abandon list recover resume show -h --help"; value_opts="" ;;
         "saga abandon") words="--reason --comment --yes -y -h --help"; value_opts="--reason --comment" ;;
         "saga list") words="--state --name --json --no-headers -h --help"; value_opts="--state --name" ;;

@@ -91,6 +91,7 @@ complete -c udx -n '__fish_seen_subcommand_from pantry-sim' -s h -l help -d 'Sho
 complete -c udx -n '__fish_seen_subcommand_from pass' -l dry-run -d 'Show what the pass would do; write nothing, start no saga.'
 complete -c udx -n '__fish_seen_subcommand_from pass' -l concurrency -r -d 'Sagas at once (default: config, 8).'
 complete -c udx -n '__fish_seen_subcommand_from pass' -l json -d 'Print the status object as JSON.'
+complete -c udx -n '__fish_seen_subcommand_from pass' -l progress-every -r -d 'When not on a terminal (cron): log an INFO progress line at most every SECS seco'
 complete -c udx -n '__fish_seen_subcommand_from pass' -l metrics-file -r -d 'Also write the counts in Prometheus text format (atomic).'
 complete -c udx -n '__fish_seen_subcommand_from pass' -s h -l help -d 'Show the help and exit.'
 complete -c udx -n '__fish_seen_subcommand_from saga' -a abandon -d 'Abandon a saga that is not done: nothing will run on it again.'

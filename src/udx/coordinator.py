@@ -105,7 +105,9 @@ class DryRunReport:
         return {"dry_run": True, "steps": [asdict(s) for s in self.steps], "errors": self.errors}
 
 
-ProgressFn = Callable[[str, int], None]  # (event, amount): "total" sets, "advance" adds
+# (event, amount): "total" sets, "advance" adds; per saga name too:
+# "total:<name>" sets, "done:<name>" adds. A consumer ignores events it does not know.
+ProgressFn = Callable[[str, int], None]
 
 
 class Coordinator:
@@ -393,6 +395,8 @@ class Coordinator:
             ("export-delete", {"export_id": str(r.id), "volume_id": str(r.volume_id)})
             for r in deletes
         ]
+        notify("total:export-create", len(creates))
+        notify("total:export-delete", len(deletes))
         notify("total", len(jobs))
         results = self._run_sagas(jobs, notify)
         create_results = results[: len(creates)]
@@ -470,9 +474,11 @@ class Coordinator:
     ) -> list[SagaResult]:
         if not jobs:
             return []
-        results: list[SagaResult] = list(
-            self.executor.run_many(jobs, on_done=lambda _r: notify("advance", 1))
-        )
+        def done(result: SagaResult) -> None:
+            notify("advance", 1)
+            notify(f"done:{result.name}", 1)
+
+        results: list[SagaResult] = list(self.executor.run_many(jobs, on_done=done))
         return results
 
     # --- dry run ----------------------------------------------------------------------------------

@@ -442,3 +442,39 @@ def test_a_record_created_first_by_another_pass_is_reported_skipped(
         (str(winner.id), "skipped", None)
     ]
     assert status.errors == [] and not status.failed
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+
+def test_progress_counts_each_kind_with_rate_and_eta() -> None:
+    from udx.cli.progress import PassProgress
+
+    now = [100.0]
+    p = PassProgress(clock=lambda: now[0])
+    for event, n in [("total:export-create", 10), ("total:export-delete", 2), ("total", 12)]:
+        p.event(event, n)
+    assert p.event("advance", 1) is None  # the sums are not counted twice
+    now[0] = 104.0
+    for _ in range(4):
+        assert p.event("done:export-create", 1) == "create"
+    assert p.event("done:some-other-saga", 1) is None
+    assert p.line() == "create 4/10, delete 0/2; 1.0 sagas/s, ETA 8s"
+    for _ in range(6):
+        p.event("done:export-create", 1)
+    p.event("done:export-delete", 2)
+    assert p.line() == "create 10/10, delete 2/2; 3.0 sagas/s"
+
+
+def test_progress_every_logs_info_lines_when_not_on_a_terminal(
+    cli: Udx, registered: list[SimulatedPantry], fleet: dict[str, Any]
+) -> None:
+    r = cli("pass", "--progress-every", "1")
+    assert r.exit_code == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "pass progress" in ln]
+    assert lines and lines[-1].startswith("udx: INFO udx.pass.progress: pass progress: create 4/4")
+    assert lines[-1].endswith("(done)") and "sagas/s" in lines[-1]
+    # Without the option, a pass under cron logs no progress at all.
+    r = cli("pass")
+    assert r.exit_code == 0 and "pass progress" not in r.stderr
+    assert_one_line_error(cli("pass", "--progress-every", "0"), 2, "--progress-every")

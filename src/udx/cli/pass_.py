@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -27,6 +27,14 @@ def pass_(
         None, "--concurrency", min=1, max=256, help="Sagas at once (default: config, 8)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the status object as JSON."),
+    progress_every: float | None = typer.Option(
+        None,
+        "--progress-every",
+        min=1,
+        metavar="SECS",
+        help="When not on a terminal (cron): log an INFO progress line at most every SECS "
+        "seconds while sagas finish, and one at the end.",
+    ),
     metrics_file: Path | None = typer.Option(
         None, "--metrics-file", help="Also write the counts in Prometheus text format (atomic)."
     ),
@@ -53,7 +61,9 @@ def pass_(
                 _exit_unavailable_if_database_down(db)
                 raise typer.Exit(EXIT_FAILED)
             return
-        status = _run_with_progress(runtime.coordinator, show=not as_json and is_terminal())
+        status = _run_with_progress(
+            runtime.coordinator, show=not as_json and is_terminal(), every=progress_every
+        )
     finally:
         runtime.close()
     # The status first: a metrics file that cannot be written must not hide it.
@@ -109,28 +119,45 @@ def _check_metrics_path(path: Path) -> Path:
     return path
 
 
-def _run_with_progress(coordinator: Coordinator, show: bool) -> PassStatus:
+def _run_with_progress(
+    coordinator: Coordinator, show: bool, every: float | None = None
+) -> PassStatus:
+    from udx.cli.progress import PassProgress, log, logging_notify, rich_notify
+
+    counts = PassProgress()
     if not show:
-        return coordinator.run_pass()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+        if every is None:
+            return coordinator.run_pass()
+        status = coordinator.run_pass(progress=logging_notify(every, counts))
+        log.info("pass progress: %s (done)", counts.line())
+        return status
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f}/s" if speed else "-/s", style="progress.data.speed")
 
     with Progress(
-        "[progress.description]{task.description}",
+        "sagas {task.description:<6}",
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
+        "ETA",
+        TimeRemainingColumn(),
         TimeElapsedColumn(),
         console=stdout_console(),
         transient=True,
-    ) as progress:
-        task = progress.add_task("sagas", total=None)
-
-        def notify(event: str, n: int) -> None:
-            if event == "total":
-                progress.update(task, total=n)
-            else:
-                progress.advance(task, n)
-
-        return coordinator.run_pass(progress=notify)
+    ) as bar:
+        return coordinator.run_pass(progress=rich_notify(bar, counts))
 
 
 def _render_status(status: PassStatus) -> None:
