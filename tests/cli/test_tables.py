@@ -282,7 +282,12 @@ def test_list_commands_piped_and_no_headers(
     assert all(ln == ln.rstrip() for ln in lines)
     assert "(" not in lines[0]  # the header, no title or count above it
     bare = udx.ok(*args, "--no-headers", env=env).stdout.splitlines()
-    assert [ln.split() for ln in bare] == [ln.split() for ln in lines[1:]]
+    def cells(text_lines: list[str]) -> list[list[str]]:
+        rows = [ln.split() for ln in text_lines]
+        # export list's AGE column (index 4) may tick between the two runs
+        return [r[:4] + r[5:] for r in rows] if args[0] == "export" else rows
+
+    assert cells(bare) == cells(lines[1:])
     if args[0] == "export":
         assert {ln.split()[0] for ln in bare} == {str(e) for e in many}
 

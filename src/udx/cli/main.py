@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
+from typer._click.exceptions import ClickException  # typer >= 0.24 vendors click
 from typer.core import TyperGroup
 
 from udx.cli import changeset as changeset_cmd
@@ -23,11 +24,6 @@ from udx.cli.choices import LogFormat
 from udx.cli.common import STATE, choice_metavar
 from udx.cli.params import install as install_plain_conversion
 from udx.domain.errors import EXIT_FAILED, UdxError
-
-try:  # typer >= 0.24 vendors click
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException  # type: ignore[no-redef]
 
 
 def _error_line(message: str) -> None:
