@@ -37,7 +37,9 @@ _udx_is_command() {
         "export") return 0 ;;
         "export create") return 0 ;;
         "export delete") return 0 ;;
+        "export diagnose") return 0 ;;
         "export list") return 0 ;;
+        "export release") return 0 ;;
         "export show") return 0 ;;
         "pantry") return 0 ;;
         "pantry add") return 0 ;;
@@ -46,18 +48,22 @@ _udx_is_command() {
         "pantry list") return 0 ;;
         "pantry-sim") return 0 ;;
         "pass") return 0 ;;
+        "pass history") return 0 ;;
         "saga") return 0 ;;
         "saga abandon") return 0 ;;
         "saga list") return 0 ;;
         "saga recover") return 0 ;;
         "saga resume") return 0 ;;
+        "saga retry-undo") return 0 ;;
         "saga show") return 0 ;;
+        "status") return 0 ;;
+        "whatis") return 0 ;;
     esac
     return 1
 }
 _udx_table() {
     case "$1" in
-        "") words="changeset config db demo export pantry pantry-sim pass saga --db --config -v --verbose --log-format -h --help"; value_opts="--db --config --log-format" ;;
+        "") words="changeset config db demo export pantry pantry-sim pass saga status whatis --db --config -v --verbose --log-format -h --help"; value_opts="--db --config --log-format" ;;
         "changeset") words="--json -h --help"; value_opts="" ;;
         "config") words="init show -h --help"; value_opts="" ;;
         "config init") words="--force -h --help"; value_opts="" ;;
@@ -68,10 +74,12 @@ _udx_table() {
         "db status") words="--json -h --help"; value_opts="" ;;
         "db upgrade") words="-h --help"; value_opts="" ;;
         "demo") words="--pantries --snapshots -h --help"; value_opts="--pantries --snapshots" ;;
-        "export") words="create delete list show -h --help"; value_opts="" ;;
+        "export") words="create delete diagnose list release show -h --help"; value_opts="" ;;
         "export create") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export delete") words="--yes -y --json -h --help"; value_opts="" ;;
+        "export diagnose") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export list") words="--state --resource-type --resource-id --pantry --since --limit --all --sort -o --output --json --no-headers -h --help"; value_opts="--state --resource-type --resource-id --pantry --since --limit --sort -o --output" ;;
+        "export release") words="--saga --yes -y --json -h --help"; value_opts="--saga" ;;
         "export show") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "pantry") words="add affected expunge list -h --help"; value_opts="" ;;
         "pantry add") words="-h --help"; value_opts="" ;;
@@ -79,13 +87,17 @@ _udx_table() {
         "pantry expunge") words="--yes -y -h --help"; value_opts="" ;;
         "pantry list") words="--no-check --json --no-headers -h --help"; value_opts="" ;;
         "pantry-sim") words="--listen --latency --quiet -q -h --help"; value_opts="--listen --latency" ;;
-        "pass") words="--dry-run --concurrency --json --progress-every --metrics-file -h --help"; value_opts="--concurrency --progress-every --metrics-file" ;;
-        "saga") words="abandon list recover resume show -h --help"; value_opts="" ;;
-        "saga abandon") words="--reason --comment --yes -y -h --help"; value_opts="--reason --comment" ;;
-        "saga list") words="--state --name --json --no-headers -h --help"; value_opts="--state --name" ;;
+        "pass") words="history --dry-run --concurrency --json --progress-every --metrics-file -h --help"; value_opts="--concurrency --progress-every --metrics-file" ;;
+        "pass history") words="--limit --json -h --help"; value_opts="--limit" ;;
+        "saga") words="abandon list recover resume retry-undo show -h --help"; value_opts="" ;;
+        "saga abandon") words="--reason --comment --force --yes -y -h --help"; value_opts="--reason --comment" ;;
+        "saga list") words="--state --name --export --since --limit --all --json --no-headers -h --help"; value_opts="--state --name --export --since --limit" ;;
         "saga recover") words="--json -h --help"; value_opts="" ;;
         "saga resume") words="--json -h --help"; value_opts="" ;;
+        "saga retry-undo") words="--json -h --help"; value_opts="" ;;
         "saga show") words="--json -h --help"; value_opts="" ;;
+        "status") words="--json -h --help"; value_opts="" ;;
+        "whatis") words="--json -h --help"; value_opts="" ;;
     esac
 }
 _udx_choices() {

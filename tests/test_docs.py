@@ -88,9 +88,9 @@ def test_bash_completion_completes(tmp_path: Path) -> None:
     cases = {
         "udx ex": ["export"],
         "udx pa": ["pantry", "pantry-sim", "pass"],
-        "udx export ": ["--help", "-h", "create", "delete", "list", "show"],
+        "udx export ": ["--help", "-h", "create", "delete", "diagnose", "list", "release", "show"],
         "udx export cr": ["create"],
-        "udx -v export d": ["delete"],
+        "udx -v export de": ["delete"],
         "udx --db sqlite:///x.db ch": ["changeset"],
         "udx pass --dr": ["--dry-run"],
         "udx pass --metrics-file u": ["udx.prom"],  # a file name after an option's value

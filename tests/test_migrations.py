@@ -126,3 +126,45 @@ def test_upgrade_from_scratch_or_older_matches_schema(empty_db_url: str, start: 
 def test_schema_head_constant_matches_the_newest_migration() -> None:
     # require_current() compares with this constant to avoid importing Alembic.
     assert migrate.SCHEMA_HEAD == migrate.head_revision() == migrate.all_revisions()[-1]
+
+
+def test_0006_backfills_the_locks_already_in_the_saga_log(empty_db_url: str) -> None:
+    """Records locked before the upgrade are found by lock id after it."""
+    import json
+    import uuid
+
+    from udx.datastore import export_locks, saga_log
+    from udx.db.types import utcnow
+
+    db = open_database(empty_db_url)
+    try:
+        migrate.upgrade(db, "0005")
+        now = utcnow()
+        create, delete, corrupt = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        lock_c, lock_d, export = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        outputs = {
+            create: ("export-create", "generate_ids", {"lock_id": str(lock_c), "volume_id": "x"}),
+            delete: ("export-delete", "generate_lock_id", str(lock_d)),
+            corrupt: ("export-delete", "generate_lock_id", "not a uuid"),
+        }
+        params = json.dumps({"export_id": str(export)})
+        with db.begin() as conn:
+            for sid, (name, node, out) in outputs.items():
+                saga_log.insert(
+                    conn, saga_id=sid, name=name, params_json=params,
+                    sec_id=uuid.uuid4(), now=now, lease_expires=now,
+                )  # fmt: skip
+                saga_log.append_event(
+                    conn, saga_id=sid, node_id=node, event_type="succeeded",
+                    data=json.dumps(out), creator=uuid.uuid4(), now=now,
+                )  # fmt: skip
+        migrate.upgrade(db)
+        with db.connect() as conn:
+            assert export_locks.saga_for_lock(conn, lock_c) == create
+            assert export_locks.saga_for_lock(conn, lock_d) == delete
+            assert export_locks.exports_of_sagas(conn, [create, delete, corrupt]) == {
+                create: export,
+                delete: export,
+            }
+    finally:
+        db.dispose()

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # written); recovery finishes it later, but this pass did not. "abandoned": an
 # operator stopped it mid-run; its record stays locked until repaired by hand.
 FAILED_OUTCOMES = ("unwound", "stuck", "interrupted", "abandoned")
+# Every outcome a saga invocation can report, in the order summaries list them.
+OUTCOMES = ("succeeded", "skipped", "unwound", "stuck", "interrupted", "abandoned")
 
 # Saga nodes where a Conflict means another pass or saga got there first.
 _RACE_NODES = {"read_generation", "lock"}
@@ -66,17 +68,46 @@ class PassStatus:
     errors: list[str] = field(default_factory=list)
     sagas_recovered: int = 0
     orphans_detached: int = 0
+    started: str | None = None  # ISO 8601 UTC, when the pass began
+    duration_secs: float | None = None
+    # Ctrl-C: the sagas this pass never started (in the JSON only when interrupted).
+    not_started: list[SagaInvocation] = field(default_factory=list)
+    interrupted: bool = field(default=False, repr=False)
     # Not in the JSON: tells the CLI to exit 3 (inventory unreachable), not 1.
     inventory_unavailable: bool = field(default=False, repr=False)
 
     @property
     def failed(self) -> bool:
         sagas = [*self.create_invoked_ok, *self.delete_invoked_ok]
-        return bool(self.errors) or any(s.outcome in FAILED_OUTCOMES for s in sagas)
+        if self.interrupted or self.errors:
+            return True
+        return any(s.outcome in FAILED_OUTCOMES for s in sagas)
+
+    def counts(self) -> dict[str, Any]:
+        """The numbers of this pass, for the pass history: sagas by kind and
+        outcome, records marked and bypassed, sagas recovered, errors."""
+        from collections import Counter
+
+        sagas: Counter[str] = Counter()
+        for kind, items in (("create", self.create_invoked_ok), ("delete", self.delete_invoked_ok)):
+            sagas.update(f"{kind}:{i.outcome}" for i in items)
+        return {
+            "sagas": dict(sorted(sagas.items())),
+            "records_marked_for_deletion": self.records_marked_for_deletion,
+            "records_marked_lost": self.records_marked_lost,
+            "records_bypassed": len(self.records_bypassed_ok),
+            "sagas_recovered": self.sagas_recovered,
+            "orphans_detached": self.orphans_detached,
+            "errors": len(self.errors),
+        }
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         del out["inventory_unavailable"]
+        if not out.pop("interrupted"):
+            del out["not_started"]
+        else:
+            out["interrupted"] = True
         for key in ("create_invoked_ok", "delete_invoked_ok"):
             for item in out[key]:
                 if item["error"] is None:
@@ -310,7 +341,14 @@ class Coordinator:
     # --- the pass -------------------------------------------------------------------------------
 
     def run_pass(self, *, progress: ProgressFn | None = None) -> PassStatus:
+        import time
+
+        from udx.db.types import utcnow
+
+        started, t0 = utcnow(), time.monotonic()
         status = self._run_pass(progress)
+        status.started = started.isoformat()
+        status.duration_secs = round(time.monotonic() - t0, 3)
         # Errors go to the log too, so cron mail and log shippers see a failing
         # pass even when stdout is JSON nobody reads.
         for err in status.errors:
@@ -398,13 +436,33 @@ class Coordinator:
         notify("total:export-create", len(creates))
         notify("total:export-delete", len(deletes))
         notify("total", len(jobs))
-        results = self._run_sagas(jobs, notify)
+        from udx.saga.executor import RunInterrupted
+
+        try:
+            results: list[SagaResult | None] = list(self._run_sagas(jobs, notify))
+        except RunInterrupted as stop:
+            results = stop.results
+            status.interrupted = True
         create_results = results[: len(creates)]
         delete_results = results[len(creates) :]
-        for rec, res in zip(creates, create_results, strict=True):
-            status.create_invoked_ok.append(_invocation(rec, res))
-        for rec, res in zip(deletes, delete_results, strict=True):
-            status.delete_invoked_ok.append(_invocation(rec, res))
+        for kind, recs, outs in (
+            ("create", creates, create_results),
+            ("delete", deletes, delete_results),
+        ):
+            done = status.create_invoked_ok if kind == "create" else status.delete_invoked_ok
+            for rec, res in zip(recs, outs, strict=True):
+                if res is None:
+                    status.not_started.append(
+                        SagaInvocation(
+                            str(rec.id),
+                            rec.resource_type.value,
+                            str(rec.resource_id),
+                            None,
+                            f"{kind} not started",
+                        )
+                    )
+                else:
+                    done.append(_invocation(rec, res))
         for inv in [*status.create_invoked_ok, *status.delete_invoked_ok]:
             if inv.outcome in FAILED_OUTCOMES:
                 status.errors.append(
@@ -487,8 +545,23 @@ class Coordinator:
         """What `run_pass` would do, writing nothing and starting no saga."""
         from udx.datastore import changeset as changeset_sql
         from udx.datastore import exports
+        from udx.datastore.export_locks import held_by_dead_sagas
 
         report = DryRunReport()
+        # Records no pass will ever move on its own: say so, with the way out.
+        with self.db.connect() as conn:
+            held = held_by_dead_sagas(conn)
+        for h in held:
+            report.steps.append(
+                PlannedStep(
+                    "0-held",
+                    f"skip (held by a {h['saga']} saga)",
+                    h["export_id"],
+                    h["resource_type"],
+                    h["resource_id"],
+                    f"saga {h['saga_id']}: udx export diagnose {h['export_id']}",
+                )
+            )
         # Records step 1 would mark join delete_required, as they would after marking.
         to_delete: dict[uuid.UUID, UserDataExport] = {}
         in_service = self._in_service(report)

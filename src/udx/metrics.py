@@ -8,11 +8,9 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from udx.coordinator import PassStatus
-
-# Every outcome a saga invocation can report (see coordinator.SagaInvocation).
-OUTCOMES = ("succeeded", "skipped", "unwound", "stuck", "interrupted")
+from udx.coordinator import OUTCOMES, PassStatus
 
 
 def _value(value: float) -> str:
@@ -23,7 +21,10 @@ def _value(value: float) -> str:
     return repr(float(value))
 
 
-def render_metrics(status: PassStatus, *, now: float | None = None) -> str:
+def render_metrics(
+    status: PassStatus, *, now: float | None = None, system: dict[str, Any] | None = None
+) -> str:
+    """`system` (from `system_gauges`) adds the state of the whole log and table."""
     lines = []
 
     def metric(name: str, help_text: str, kind: str, samples: list[tuple[str, float]]) -> None:
@@ -69,6 +70,32 @@ def render_metrics(status: PassStatus, *, now: float | None = None) -> str:
         "gauge",
         [("", 0 if status.failed else 1)],
     )
+    if status.duration_secs is not None:
+        metric(
+            "pass_duration_seconds",
+            "How long the last pass took.",
+            "gauge",
+            [("", status.duration_secs)],
+        )
+    if system is not None:
+        metric(
+            "sagas",
+            "Sagas in the log by state: running (or unwinding), stuck, abandoned.",
+            "gauge",
+            [(f'{{state="{k}"}}', v) for k, v in system["sagas"].items()],
+        )
+        metric(
+            "saga_oldest_running_age_seconds",
+            "Age of the oldest running or unwinding saga (0 when none).",
+            "gauge",
+            [("", system["oldest_running_secs"] or 0)],
+        )
+        metric(
+            "records",
+            "Export records by state.",
+            "gauge",
+            [(f'{{state="{k}"}}', v) for k, v in system["records"].items()],
+        )
     metric(
         "pass_last_run_timestamp_seconds",
         "When the last pass finished (Unix time).",
@@ -78,13 +105,25 @@ def render_metrics(status: PassStatus, *, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_metrics(path: Path, status: PassStatus) -> None:
+def system_gauges(db: Any) -> dict[str, Any]:
+    """Sagas by state, the oldest running saga's age and records by state: three
+    aggregate queries."""
+    from udx.db.types import utcnow
+    from udx.status import records_by_state, saga_counts
+
+    with db.connect() as conn:
+        sagas, _expired, oldest = saga_counts(conn, utcnow())
+        records = records_by_state(conn)
+    return {"sagas": sagas, "oldest_running_secs": oldest, "records": records}
+
+
+def write_metrics(path: Path, status: PassStatus, system: dict[str, Any] | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render_metrics(status))
+            f.write(render_metrics(status, system=system))
             f.flush()
             os.fsync(f.fileno())  # the rename must never publish an empty file after a crash
         os.chmod(tmp, 0o644)

@@ -126,7 +126,8 @@ def test_export_list(udx: Udx, fleet: Fleet) -> None:
     assert {r["id"] for r in every} == {
         str(x) for x in (fleet.requested, fleet.live, fleet.doomed, fleet.old)
     }
-    assert all(list(r) == RECORD_KEYS for r in every)
+    # `saga_id`: the saga holding the record (its lock is operating_saga_id).
+    assert all(list(r) == [*RECORD_KEYS, "saga_id"] for r in every)
     live = udx.json("export", "list", "--state", "live")
     assert {r["id"] for r in live} == {str(fleet.live), str(fleet.doomed)}
     both = udx.json("export", "list", "--state", "LIVE", "--state", "deleted")

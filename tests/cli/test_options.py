@@ -44,7 +44,7 @@ def test_help_lists_the_values(udx_nodb: Udx, args: list[str], shown: list[str])
     [
         (["export", "list", "--resource-type", ""], "'' (empty) is not one of: snapshot, image"),
         (["export", "list", "--state", "alive"], "'alive' is not one of: requested, assigning"),
-        (["saga", "list", "--name", "export-delet"], "no saga named 'export-delet' in the log"),
+        (["saga", "list", "--name", "export-delet"], "unknown saga name 'export-delet'"),
         (["saga", "list", "--state", "finished"], "'finished' is not one of: running"),
         (["export", "create", "--resource-type", "disk", "--resource-id", "x"], "'disk'"),
         (["--log-format", "xml", "db", "status"], "'xml' is not one of: human, json"),

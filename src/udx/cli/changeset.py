@@ -27,11 +27,15 @@ def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
         sys.stdout.write(text)
         sys.stdout.write("\n")
         return
+    from udx.cli.render import holding_sagas
+
     with db.connect() as conn:
         result = cs.preview(conn)
+        if not as_json:
+            sagas = holding_sagas(conn, [*result.delete_required, *result.would_mark])
     if as_json:
         print_json(result.to_json(include_would_mark=True))
         return
     from udx.cli.render import write_changeset
 
-    write_changeset(result)
+    write_changeset(result, sagas)

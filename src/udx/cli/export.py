@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -12,6 +14,7 @@ from udx.cli.common import choice_metavar, is_terminal, print_json, state, stdou
 from udx.domain.model import ExportState, ResourceType
 
 if TYPE_CHECKING:
+    from udx.domain.model import UserDataExport
     from udx.exports_ops import ExportOpResult
 
 TERMINAL_LIMIT = 50  # rows `export list` shows on a terminal unless told
@@ -83,7 +86,7 @@ def list_(
     import datetime as dt
 
     from udx.cli.common import parse_duration
-    from udx.cli.render import export_rows
+    from udx.cli.render import export_rows, holding_sagas
     from udx.datastore import exports
     from udx.domain.address import PantryAddress
     from udx.domain.errors import BadInput
@@ -113,9 +116,10 @@ def list_(
             sort=sort.value,
             limit=limit,
         )
-    records = page.records
+        records = page.records
+        sagas = holding_sagas(conn, records)
     if shape is Output.JSON:
-        print_json([r.to_json() for r in records])
+        print_json([_with_saga(r, sagas) for r in records])
         return
     if shape is Output.NAME:
         import sys
@@ -125,6 +129,7 @@ def list_(
     export_rows(
         records,
         "export records",
+        sagas,
         total=page.total,
         wide=shape is Output.WIDE,
         headers=not no_headers,
@@ -135,6 +140,16 @@ def list_(
             style="dim",
             markup=False,
         )
+
+
+def _with_saga(rec: UserDataExport, sagas: Mapping[uuid.UUID, uuid.UUID]) -> dict[str, Any]:
+    """The record's JSON plus `saga_id`: the saga holding it (its lock is
+    `operating_saga_id`), or null."""
+    out = rec.to_json()
+    lock = rec.operating_saga_id
+    saga = sagas.get(lock) if lock is not None else None
+    out["saga_id"] = str(saga) if saga is not None else None
+    return out
 
 
 @app.command("show")
@@ -153,6 +168,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show one export record, by id or by resource (with its earlier records)."""
+    from udx.cli.render import holding_sagas
     from udx.datastore import exports
     from udx.domain.errors import BadInput, NotFound
     from udx.domain.model import parse_uuid
@@ -175,12 +191,14 @@ def show(
                 raise NotFound(f"no export record for {kind.value} {rid}")
             current = [r for r in history if r.state.value != "deleted"]
             rec = current[0] if current else history[-1]
+        sagas = holding_sagas(conn, [rec])
     if as_json:
-        out = rec.to_json()
+        out = _with_saga(rec, sagas)
         if by_resource:
             out["history"] = [r.to_json() for r in history if r.id != rec.id]
         print_json(out)
         return
+    from udx.cli.render import saga_cell
     from udx.cli.tables import Column, fmt_age, fmt_time, write_fields, write_heading, write_table
 
     def when(value: dt.datetime | None) -> str:
@@ -195,7 +213,7 @@ def show(
             ("resource", f"{rec.resource_type.value} {rec.resource_id}"),
             ("marked for deletion", "yes" if rec.resource_deleted else "no"),
             ("generation", str(rec.generation)),
-            ("saga", str(rec.operating_saga_id) if rec.operating_saga_id else "-"),
+            ("saga", saga_cell(rec, sagas)),
             ("pantry", str(addr) if addr else "-"),
             ("volume", str(rec.volume_id) if rec.volume_id else "-"),
             ("created", when(rec.time_created)),

@@ -16,6 +16,8 @@ from udx.cli import config as config_cmd
 from udx.cli import db as db_cmd
 from udx.cli import demo as demo_cmd
 from udx.cli import export as export_cmd
+from udx.cli import export_ops as export_ops_cmd
+from udx.cli import ops as ops_cmd
 from udx.cli import pantry as pantry_cmd
 from udx.cli import pantry_sim as pantry_sim_cmd
 from udx.cli import pass_ as pass_cmd
@@ -192,9 +194,11 @@ app.add_typer(db_cmd.app, name="db")
 app.add_typer(config_cmd.app, name="config")
 changeset_cmd.register(app)
 pass_cmd.register(app)
+export_ops_cmd.register(export_cmd.app)
 app.add_typer(export_cmd.app, name="export")
 app.add_typer(pantry_cmd.app, name="pantry")
 app.add_typer(saga_cmd.app, name="saga")
+ops_cmd.register(app)
 pantry_sim_cmd.register(app)
 demo_cmd.register(app)
 

@@ -16,10 +16,14 @@ if TYPE_CHECKING:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("pass")(pass_)
+    group = typer.Typer()  # its help is the pass's own docstring
+    group.callback(invoke_without_command=True)(pass_)
+    group.command("history")(history)
+    app.add_typer(group, name="pass")
 
 
 def pass_(
+    ctx: typer.Context,
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Show what the pass would do; write nothing, start no saga."
     ),
@@ -40,8 +44,15 @@ def pass_(
     ),
 ) -> None:
     """Run one coordinator pass: mark, compute the changeset, create and delete
-    exports. Exit 1 when the status has errors or a saga did not succeed."""
-    from udx.runtime import build_runtime
+    exports. Exit 1 when the status has errors or a saga did not succeed.
+
+    Every pass is recorded in the pass history (`udx pass history`) when it
+    starts and when it ends; a killed pass shows as "did not finish". Ctrl-C
+    starts no more sagas, lets the running ones finish, prints what finished and
+    what was left, and exits 130.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
 
     if metrics_file is not None:
         if dry_run:
@@ -49,6 +60,95 @@ def pass_(
         metrics_file = _check_metrics_path(metrics_file)
     st = state()
     db = st.database()
+    # A dry run writes nothing, not even its history row.
+    recorder = _Recorder(db, dry_run) if not dry_run else None
+    try:
+        _pass(db, recorder, dry_run, concurrency, as_json, metrics_file, progress_every)
+    except typer.Exit as done:
+        _finish(recorder, done.exit_code)
+        raise
+    except UdxError as err:
+        _finish(recorder, err.exit_code)
+        raise
+    except KeyboardInterrupt:
+        _finish(recorder, 130)
+        raise
+    except BaseException:
+        _finish(recorder, 1)
+        raise
+    _finish(recorder, 0)
+
+
+def _finish(recorder: _Recorder | None, exit_code: int) -> None:
+    if recorder is not None:
+        recorder.finish(exit_code)
+
+
+class _Recorder:
+    """The pass's row in `pass_run`: written now, completed by `finish`."""
+
+    def __init__(self, db: Database, dry_run: bool) -> None:
+        import os
+        import socket
+        import uuid
+
+        from udx.datastore import pass_runs
+        from udx.db.types import utcnow
+
+        self.db = db
+        self.id = uuid.uuid4()
+        self.started = utcnow()
+        self.status: PassStatus | None = None
+        host, pid = socket.gethostname(), os.getpid()
+        db.transaction(
+            lambda c: pass_runs.start(
+                c, self.id, host=host, pid=pid, started=self.started, dry_run=dry_run
+            ),
+            name="record pass start",
+        )
+
+    def finish(self, exit_code: int) -> None:
+        import logging
+
+        from udx.datastore import pass_runs
+        from udx.db.types import utcnow
+
+        status = self.status
+        counts: dict[str, object] = {}
+        errors: list[str] = list(status.errors) if status is not None else []
+        warnings: list[str] = list(getattr(status, "warnings", []) or [])
+        if status is not None:
+            counts = status.counts()
+        try:
+            self.db.transaction(
+                lambda c: pass_runs.finish(
+                    c,
+                    self.id,
+                    finished=utcnow(),
+                    exit_code=exit_code,
+                    counts=counts,
+                    errors=errors,
+                    warnings=warnings,
+                ),
+                name="record pass end",
+            )
+        except Exception as err:  # the pass's own result matters more than its history
+            # INFO, not WARNING: the pass's own error (often the same cause) is the one line.
+            logging.getLogger(__name__).info("could not record the end of the pass: %s", err)
+
+
+def _pass(
+    db: Database,
+    recorder: _Recorder | None,
+    dry_run: bool,
+    concurrency: int | None,
+    as_json: bool,
+    metrics_file: Path | None,
+    progress_every: float | None = None,
+) -> None:
+    from udx.runtime import build_runtime
+
+    st = state()
     runtime = build_runtime(db, st.settings(), concurrency=concurrency)
     try:
         if dry_run:
@@ -64,6 +164,8 @@ def pass_(
         status = _run_with_progress(
             runtime.coordinator, show=not as_json and is_terminal(), every=progress_every
         )
+        if recorder is not None:
+            recorder.status = status
     finally:
         runtime.close()
     # The status first: a metrics file that cannot be written must not hide it.
@@ -72,14 +174,23 @@ def pass_(
     else:
         _render_status(status)
     if metrics_file is not None:
-        from udx.metrics import write_metrics
+        from udx.metrics import system_gauges, write_metrics
 
         try:
-            write_metrics(metrics_file, status)
+            system = system_gauges(db)
+        except UdxError as err:  # the pass's own numbers still go out
+            import logging
+
+            logging.getLogger(__name__).warning("metrics without the system gauges: %s", err)
+            system = None
+        try:
+            write_metrics(metrics_file, status, system)
         except OSError as err:
             raise UdxError(
                 f"cannot write the metrics file {metrics_file}: {err.strerror or err}"
             ) from err
+    if status.interrupted:
+        raise typer.Exit(130)  # as a shell reports SIGINT
     if status.failed:
         _exit_unavailable_if_database_down(db)
         if status.inventory_unavailable:
@@ -164,12 +275,13 @@ def _render_status(status: PassStatus) -> None:
     from collections import Counter
 
     from udx.cli.tables import write_fields
+    from udx.coordinator import OUTCOMES
 
     c = stdout_console()
     rows: list[list[str]] = []
     creates = Counter(s.outcome for s in status.create_invoked_ok)
     deletes = Counter(s.outcome for s in status.delete_invoked_ok)
-    for outcome in ("succeeded", "skipped", "unwound", "stuck", "interrupted"):
+    for outcome in OUTCOMES:
         if creates[outcome]:
             rows.append([f"create sagas {outcome}", str(creates[outcome])])
         if deletes[outcome]:
@@ -182,9 +294,32 @@ def _render_status(status: PassStatus) -> None:
         ["orphan attachments detached", str(status.orphans_detached)],
         ["errors", str(len(status.errors))],
     ]
+    if status.started is not None:
+        rows.append(["started", status.started[:19] + "Z"])
+    if status.duration_secs is not None:
+        rows.append(["duration", f"{status.duration_secs:.1f} s"])
     write_fields("pass summary", [(item, count) for item, count in rows])
     for err in status.errors:
         c.print(f"error: {err}", markup=False)
+    if status.interrupted:
+        _render_interrupted(status)
+
+
+def _render_interrupted(status: PassStatus) -> None:
+    """After Ctrl-C: what finished and what was left."""
+    c = stdout_console()
+    done = [*status.create_invoked_ok, *status.delete_invoked_ok]
+    c.print(
+        f"interrupted: {len(done)} saga(s) finished, {len(status.not_started)} not started "
+        "(the next pass runs them)",
+        markup=False,
+    )
+    for inv in status.not_started:
+        c.print(
+            f"  not started: {inv.outcome.split()[0]} export {inv.export_id} "
+            f"({inv.resource_type} {inv.resource_id})",
+            markup=False,
+        )
 
 
 def _render_plan(report: DryRunReport) -> None:
@@ -216,3 +351,38 @@ def _render_plan(report: DryRunReport) -> None:
         stdout_console().print("nothing to do")
     for err in report.errors:
         stdout_console().print(f"error: {err}", markup=False)
+
+
+def history(
+    limit: int = typer.Option(20, "--limit", min=1, help="At most this many passes, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show past passes, newest first: when, where, how long, the result (a pass
+    that was killed shows as "did not finish"), counts and errors."""
+    from udx.datastore import pass_runs
+
+    db = state().database()
+    with db.connect() as conn:
+        runs = pass_runs.recent(conn, limit)
+    if as_json:
+        print_json([r.to_json() for r in runs])
+        return
+    from udx.cli.common import print_table, table  # pass history: not yet on write_table
+
+    t = table("started", "host", "pid", "dry run", "duration", "result", "sagas", "errors")
+    for r in runs:
+        sagas = r.counts.get("sagas", {}) if isinstance(r.counts, dict) else {}
+        total = sum(int(v) for v in sagas.values()) if isinstance(sagas, dict) else 0
+        t.add_row(
+            r.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            r.host,
+            str(r.pid),
+            "yes" if r.dry_run else "no",
+            f"{r.duration_secs:.1f} s" if r.duration_secs is not None else "-",
+            r.result,
+            str(total) if not r.dry_run else "-",
+            str(len(r.errors)),
+        )
+    print_table(t, f"passes ({len(runs)})")
+    if not runs:
+        stdout_console().print("no pass has run yet")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from udx.cli.tables import Column, fmt_age, fmt_time, write_heading, write_table
 from udx.domain.model import Changeset, UserDataExport
@@ -22,8 +24,31 @@ EXPORT_COLUMNS = (
     Column("modified", wide=True),
 )
 
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
-def export_cells(r: UserDataExport) -> list[str]:
+def holding_sagas(
+    conn: Connection, records: Sequence[UserDataExport]
+) -> dict[uuid.UUID, uuid.UUID]:
+    """lock id -> saga id for the locked records among `records` (one query)."""
+    from udx.datastore import export_locks
+
+    locks = [r.operating_saga_id for r in records if r.operating_saga_id is not None]
+    return export_locks.sagas_for_locks(conn, locks) if locks else {}
+
+
+def saga_cell(rec: UserDataExport, sagas: Mapping[uuid.UUID, uuid.UUID]) -> str:
+    """The saga holding a record, by its saga id (what `udx saga show` takes), not
+    the lock id stored in `operating_saga_id`."""
+    lock = rec.operating_saga_id
+    if lock is None:
+        return "-"
+    saga = sagas.get(lock)
+    # One token, so piped columns stay split-able: a lock no logged saga made.
+    return str(saga) if saga is not None else f"lock:{lock}"
+
+
+def export_cells(r: UserDataExport, sagas: Mapping[uuid.UUID, uuid.UUID]) -> list[str]:
     addr = r.pantry_address
     return [
         str(r.id),
@@ -32,7 +57,7 @@ def export_cells(r: UserDataExport) -> list[str]:
         r.state.value,
         fmt_age(r.time_created),
         str(r.generation),
-        str(r.operating_saga_id) if r.operating_saga_id else "-",
+        saga_cell(r, sagas),
         "yes" if r.resource_deleted else "no",
         str(addr) if addr else "-",
         str(r.volume_id) if r.volume_id else "-",
@@ -44,14 +69,18 @@ def export_cells(r: UserDataExport) -> list[str]:
 def export_rows(
     records: Sequence[UserDataExport],
     title: str,
+    sagas: Mapping[uuid.UUID, uuid.UUID] | None = None,
     *,
     total: int | None = None,
     wide: bool = False,
     headers: bool = True,
 ) -> None:
+    """The records as a table; `sagas` (from holding_sagas) names the saga of
+    each locked record."""
+    held = sagas or {}
     write_table(
         EXPORT_COLUMNS,
-        (export_cells(r) for r in records),
+        (export_cells(r, held) for r in records),
         title=title,
         total=total,
         wide=wide,
@@ -59,7 +88,7 @@ def export_rows(
     )
 
 
-def write_changeset(cs: Changeset) -> None:
+def write_changeset(cs: Changeset, sagas: Mapping[uuid.UUID, uuid.UUID] | None = None) -> None:
     """The changeset's tables, each titled; piped, a `== title (n)` line before each."""
     sections: list[tuple[str, Sequence[UserDataExport]]] = [
         ("create required", cs.create_required),
@@ -75,4 +104,4 @@ def write_changeset(cs: Changeset) -> None:
     )
     for title, records in sections:
         write_heading(f"{title} ({len(records)})")
-        export_rows(records, title)
+        export_rows(records, title, sagas)

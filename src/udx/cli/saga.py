@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # Outputs longer than this (a copied VolumeConstructionRequest) are cut in the tree.
 OUTPUT_WIDTH = 160
 
-app = typer.Typer(help="Inspect, resume, recover and abandon sagas.", no_args_is_help=True)
+app = typer.Typer(help="Inspect, resume, recover, abandon and retry sagas.", no_args_is_help=True)
 
 
 def _ts(value: Any) -> str:
@@ -72,41 +72,55 @@ def list_(
         help=f"Only sagas of this kind ({', '.join(n.value for n in SagaName)}, or any name "
         "in the log).",
     ),
+    export_id: str | None = typer.Option(None, "--export", help="Only sagas of this export id."),
+    since: str | None = typer.Option(
+        None, "--since", help="Only sagas created since: a duration back (30m, 2d) or a UTC time."
+    ),
+    limit: int = typer.Option(50, "--limit", min=1, help="At most this many, newest first."),
+    all_: bool = typer.Option(False, "--all", help="Every matching saga (no --limit)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
-    """List sagas in the log, oldest first."""
+    """List sagas in the log, newest first (50 unless --limit or --all)."""
     from udx.datastore import saga_log
+    from udx.db.types import utcnow
+    from udx.domain.errors import BadInput
+    from udx.domain.model import parse_uuid
+    from udx.domain.times import parse_since
 
+    eid = parse_uuid(export_id, "export id") if export_id is not None else None
+    after = parse_since(since, utcnow()) if since is not None else None
     db = state().database()
     with db.connect() as conn:
-        sagas = saga_log.list_sagas(conn, states=[s.value for s in states], name=name)
-        if name is not None and not sagas and name not in set(SagaName):
-            # The log may hold sagas of names this udx does not run; a typo matches none.
-            from sqlalchemy import select
+        if name is not None:
+            from udx import sagas as export_sagas
 
-            from udx.db.schema import saga as saga_table
-            from udx.domain.errors import BadInput
-
-            found = conn.execute(
-                select(saga_table.c.name).where(saga_table.c.name == name).limit(1)
-            ).first()
-            if found is None:
-                known = ", ".join(n.value for n in SagaName)
-                raise BadInput(f"no saga named {name!r} in the log (udx runs: {known})")
+            known = sorted({d.name for d in export_sagas.definitions()} | set(saga_log.names(conn)))
+            if name not in known:
+                raise BadInput(f"unknown saga name {name!r}: expected one of {', '.join(known)}")
+        sagas = saga_log.list_sagas(
+            conn,
+            states=[s.value for s in states],
+            name=name,
+            export_id=eid,
+            since=after,
+            limit=None if all_ else limit,
+            newest_first=True,
+        )
+    exports_of = {s.id: _export_of(s) for s in sagas}
     if as_json:
-        print_json([s.to_json() for s in sagas])
+        print_json([{**s.to_json(), "export_id": exports_of[s.id]} for s in sagas])
         return
     from udx.cli.tables import Column, fmt_time, write_table
 
     columns = (
         Column("id", key=True),
         Column("name"),
+        Column("export", priority=2),
         Column("state"),
         Column("outcome"),
         Column("created", priority=2),
         Column("owner", priority=4),
-        Column("gen", priority=3, justify="right"),
         Column("lease until", priority=3),
     )
     write_table(
@@ -115,11 +129,11 @@ def list_(
             [
                 str(s.id),
                 s.name,
+                exports_of[s.id] or "-",
                 s.saga_state,
                 s.outcome or "-",
                 fmt_time(s.time_created),
                 str(s.current_sec) if s.current_sec else "-",
-                str(s.adopt_generation),
                 fmt_time(s.lease_expires) if s.saga_state in saga_log.ACTIVE_STATES else "-",
             ]
             for s in sagas
@@ -127,6 +141,16 @@ def list_(
         title="sagas",
         headers=not no_headers,
     )
+
+
+def _export_of(rec: Any) -> str | None:
+    """The export an export saga works on, from its params (no query)."""
+    try:
+        params = json.loads(rec.params)
+    except ValueError:
+        return None
+    value = params.get("export_id") if isinstance(params, dict) else None
+    return value if isinstance(value, str) else None
 
 
 @app.command("show")
@@ -251,10 +275,17 @@ def abandon(
     saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="Saga id."),
     reason: str = typer.Option(..., "--reason", help="Why (short, e.g. 'operator')."),
     comment: str = typer.Option(..., "--comment", help="What happened, for whoever reads the log."),
+    force: bool = typer.Option(
+        False, "--force", help="Abandon even while its owner holds a live lease (it may run)."
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Abandon a saga that is not done: nothing will run on it again."""
-    from udx.datastore import saga_log
+    """Abandon a saga that is not done: nothing will run on it again.
+
+    Refused while its owner's lease is alive unless --force. The record the saga
+    holds stays locked: `udx export release` frees it afterwards.
+    """
+    from udx.datastore import export_locks, saga_log
     from udx.db.types import utcnow
     from udx.domain.errors import BadInput, Conflict
     from udx.domain.model import parse_uuid
@@ -266,16 +297,70 @@ def abandon(
     db = state().database()
     with db.connect() as conn:
         rec = saga_log.get_required(conn, sid)
+        lock = export_locks.lock_of_saga(conn, sid)
     if rec.saga_state == "done":
         raise Conflict(f"saga {sid} is already done (outcome {rec.outcome}): nothing to abandon")
     if rec.saga_state == "abandoned":
         raise Conflict(f"saga {sid} was already abandoned (reason {rec.abandon_reason!r})")
     console = stdout_console()
-    if rec.lease_expires is not None and rec.lease_expires > utcnow():
+    live = rec.lease_expires is not None and rec.lease_expires > utcnow()
+    if live and not force:
+        raise Conflict(
+            f"saga {sid} is {rec.saga_state} and process {rec.current_sec} holds its lease until "
+            f"{_ts(rec.lease_expires)}: it may still be running; wait for the lease to run out "
+            "(the next pass then finishes it), or pass --force"
+        )
+    if live:
         console.print(
             f"note: process {rec.current_sec} holds this saga until {_ts(rec.lease_expires)}; "
             "it stops at its next step (a step already running finishes)"
         )
+    export = str(lock[1]) if lock else "EXPORT_ID"
+    console.print(
+        f"note: the export record this saga holds stays locked after abandoning; free it with "
+        f"`udx export release {export} --saga {sid}`",
+        markup=False,
+    )
     confirm(f"Abandon saga {sid} ({rec.name}, {rec.saga_state})", yes)
     abandon_saga(db, sid, reason, comment)
     console.print(f"saga {sid} abandoned")
+
+
+@app.command("retry-undo")
+def retry_undo(
+    saga_id: str = typer.Argument(..., help="Saga id (a stuck one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Run a stuck saga's failed undo again, once its cause is fixed, and finish
+    unwinding (outcome unwound). Exit 1 when it gets stuck again."""
+    from udx.domain.errors import EXIT_FAILED
+    from udx.domain.model import parse_uuid
+
+    sid = parse_uuid(saga_id, "saga id")
+    db = state().database()
+    with _executor(db) as ex:
+        result, previous = ex.retry_undo(sid)
+    if as_json:
+        out = _result_json(result)
+        out["previous_undo_error"] = _undo_error(previous)
+        print_json(out)
+    else:
+        console = stdout_console()
+        console.print(f"earlier undo error: {_undo_error(previous) or '-'}", markup=False)
+        console.print(f"saga {sid}: {result.outcome}", markup=False)
+        if result.outcome != "unwound" and result.error:
+            console.print(f"error: {result.error}", markup=False)
+    if result.outcome != "unwound":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _undo_error(data: str | None) -> str | None:
+    if data is None:
+        return None
+    try:
+        info = json.loads(data)
+    except ValueError:
+        return data
+    if isinstance(info, dict):
+        return f"{info.get('type', '')}: {info.get('error', '')}"
+    return str(info)

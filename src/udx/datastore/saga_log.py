@@ -154,17 +154,42 @@ def get_required(conn: Connection, saga_id: uuid.UUID) -> SagaRecord:
 
 
 def list_sagas(
-    conn: Connection, *, states: Sequence[str] = (), name: str | None = None
+    conn: Connection,
+    *,
+    states: Sequence[str] = (),
+    name: str | None = None,
+    export_id: uuid.UUID | None = None,
+    since: dt.datetime | None = None,
+    limit: int | None = None,
+    newest_first: bool = False,
 ) -> list[SagaRecord]:
+    """Sagas in the log, filtered. `export_id`: the sagas that took (or were about
+    to take) that export's lock, by the `export_saga_lock` index."""
     for s in states:
         if s not in SAGA_STATES:
             raise BadInput(f"unknown saga state {s!r}: expected one of {', '.join(SAGA_STATES)}")
-    q = select(saga).order_by(saga.c.time_created, saga.c.id)
+    if newest_first:
+        q = select(saga).order_by(saga.c.time_created.desc(), saga.c.id.desc())
+    else:
+        q = select(saga).order_by(saga.c.time_created, saga.c.id)
     if states:
         q = q.where(saga.c.saga_state.in_(list(states)))
     if name is not None:
         q = q.where(saga.c.name == name)
+    if export_id is not None:
+        from udx.db.schema import export_saga_lock as lk
+
+        q = q.where(saga.c.id.in_(select(lk.c.saga_id).where(lk.c.export_id == export_id)))
+    if since is not None:
+        q = q.where(saga.c.time_created >= since)
+    if limit is not None:
+        q = q.limit(limit)
     return [_record(r) for r in conn.execute(q)]
+
+
+def names(conn: Connection) -> list[str]:
+    """The saga names in the log (the name index answers it)."""
+    return sorted(conn.execute(select(saga.c.name).distinct()).scalars())
 
 
 _EVENT_RANK = {e: i for i, e in enumerate(SAGA_EVENT_TYPES)}
@@ -452,6 +477,40 @@ def adopt(
         return None
     gen = conn.execute(select(saga.c.adopt_generation).where(saga.c.id == saga_id)).scalar_one()
     return int(gen)
+
+
+def reopen_stuck(
+    conn: Connection,
+    saga_id: uuid.UUID,
+    sec_id: uuid.UUID,
+    *,
+    now: dt.datetime,
+    lease_expires: dt.datetime,
+) -> tuple[int, str | None] | None:
+    """Take a stuck saga (done, outcome stuck) back to unwinding, owned by `sec_id`
+    at a new adopt generation, so its failed undo runs again. Its `undo_failed`
+    event is removed (the retry writes its own); returns (the new generation, the
+    removed event's data), or None when the saga is not stuck (any more)."""
+    res = conn.execute(
+        update(saga)
+        .where(saga.c.id == saga_id, saga.c.saga_state == "done", saga.c.outcome == "stuck")
+        .values(
+            saga_state="unwinding",
+            outcome=None,
+            current_sec=sec_id,
+            adopt_generation=saga.c.adopt_generation + 1,
+            adopt_time=now,
+            lease_expires=lease_expires,
+        )
+        .returning(saga.c.adopt_generation)
+    ).first()
+    if res is None:
+        return None
+    failed = saga_node_event.c.event_type == "undo_failed"
+    mine = saga_node_event.c.saga_id == saga_id
+    previous = conn.execute(select(saga_node_event.c.data).where(mine, failed)).scalars().all()
+    conn.execute(saga_node_event.delete().where(mine, failed))
+    return int(res[0]), (previous[0] if previous else None)
 
 
 def abandon(

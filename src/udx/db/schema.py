@@ -224,3 +224,42 @@ saga_node_event = Table(
         name="saga_node_event_type_valid",
     ),
 )
+
+
+# --- the export locks (issue 12) --------------------------------------------------------
+
+# A record's `operating_saga_id` holds the lock id a saga generated in its first
+# node, a constant inside that node's logged output (JSON text, not indexable on
+# every engine). One row per lock id, written in the same transaction as that
+# node's log entry, turns "which saga holds this record?" into one primary-key
+# lookup (and "which sagas ran for this export?" into one index lookup).
+export_saga_lock = Table(
+    "export_saga_lock",
+    metadata,
+    Column("lock_id", GUID, primary_key=True),
+    Column("saga_id", GUID, nullable=False),
+    Column("export_id", GUID, nullable=False),
+    Column("time_created", UTCDateTime, nullable=False),
+    Index("lookup_export_saga_lock_by_saga", "saga_id"),
+    Index("lookup_export_saga_lock_by_export", "export_id"),
+)
+
+# --- pass history (issue 12) ------------------------------------------------------------
+
+# One row per `udx pass`, written when it starts and again when it ends: a row
+# with no `finished` is a pass that was killed (or is still running).
+pass_run = Table(
+    "pass_run",
+    metadata,
+    Column("id", GUID, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", UTCDateTime, nullable=False),
+    Column("finished", UTCDateTime, nullable=True),
+    Column("dry_run", Boolean, nullable=False),
+    Column("exit_code", Integer, nullable=True),
+    Column("counts", Text, nullable=True),  # JSON: the status counts
+    Column("errors", Text, nullable=True),  # JSON list of strings
+    Column("warnings", Text, nullable=True),  # JSON list of strings
+    Index("lookup_pass_run_by_started", "started"),
+)

@@ -73,6 +73,17 @@ class Checkpoint(NamedTuple):
 CheckpointHook = Callable[[Checkpoint], None]
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `run_many`: `results` holds, in input order, the result of
+    each saga that ran, and None for each that never started."""
+
+    def __init__(self, futures: list[Any]) -> None:
+        super().__init__("interrupted")
+        self.results: list[SagaResult | None] = [
+            f.result() if f.done() and not f.cancelled() else None for f in futures
+        ]
+
+
 class _Stop(Exception):
     """This executor must stop driving the saga (abandoned, adopted elsewhere, log down)."""
 
@@ -224,7 +235,21 @@ class SagaExecutor:
         with ThreadPoolExecutor(
             max_workers=min(self.max_workers, len(prepared)), thread_name_prefix="saga"
         ) as pool:
-            return list(pool.map(one, prepared))
+            futures = [pool.submit(one, p) for p in prepared]
+            try:
+                return [f.result() for f in futures]
+            except KeyboardInterrupt:
+                # Ctrl-C: start nothing more; the sagas already running finish
+                # (leaving the pool waits for them) unless a second Ctrl-C stops
+                # the process, when recovery finishes them later.
+                pool.shutdown(wait=False, cancel_futures=True)
+                running = sum(1 for f in futures if f.running())
+                log.warning(
+                    "interrupted: waiting for the %d running saga(s) to finish "
+                    "(Ctrl-C again to stop at once; the next pass finishes them)",
+                    running,
+                )
+        raise RunInterrupted(futures)  # after the pool waited for the running ones
 
     def resume(self, saga_id: uuid.UUID) -> SagaResult:
         """Adopt one saga (its owner's lease must have expired, or be this executor's)
@@ -253,6 +278,33 @@ class SagaExecutor:
             )
         gen, state = adopted
         return self._drive(_Run(saga_id, definition, params_json, gen), state)
+
+    def retry_undo(self, saga_id: uuid.UUID) -> tuple[SagaResult, str | None]:
+        """Run a stuck saga's failed undo again (its cause was fixed) and finish
+        unwinding; returns the result and the earlier undo error.
+
+        NotFound: no such saga. Conflict: not stuck. SagaUnrecoverable: this
+        process cannot run it.
+        """
+        with self.db.connect() as conn:
+            rec = saga_log.get_required(conn, saga_id)
+            evs = saga_log.events(conn, saga_id)
+        if rec.saga_state != "done" or rec.outcome != "stuck":
+            status = rec.saga_state + (f" ({rec.outcome})" if rec.outcome else "")
+            raise Conflict(f"saga {saga_id} is {status}, not stuck: no undo to retry")
+        definition, params_json = self._resolve(rec, evs)
+
+        def txn(conn: Connection) -> tuple[int, str | None] | None:
+            now = utcnow()
+            lease = now + timedelta(seconds=self.lease_secs)
+            return saga_log.reopen_stuck(conn, saga_id, self.sec_id, now=now, lease_expires=lease)
+
+        reopened = self.db.transaction(txn, name="saga retry undo", isolation=LOG_ISOLATION)
+        if reopened is None:
+            raise Conflict(f"saga {saga_id} is no longer stuck (someone else retried it)")
+        gen, previous = reopened
+        log.warning("saga %s: retrying its failed undo (was: %s)", saga_id, previous)
+        return self._drive(_Run(saga_id, definition, params_json, gen), "unwinding"), previous
 
     def recover(self) -> list[SagaResult]:
         """Adopt and finish every running/unwinding saga whose owner's lease expired.

@@ -11,7 +11,7 @@ import logging
 import uuid
 from typing import Any
 
-from udx.datastore import exports, resources, volumes
+from udx.datastore import export_locks, exports, resources, volumes
 from udx.domain.address import PantryAddress
 from udx.domain.errors import NotFound
 from udx.domain.model import ResourceType
@@ -34,7 +34,12 @@ def _lock(ctx: ActionContext) -> tuple[uuid.UUID, int]:
 
 
 def generate_ids(ctx: ActionContext) -> dict[str, str]:
-    return {"lock_id": str(uuid.uuid4()), "volume_id": str(uuid.uuid4())}
+    """The lock id and the copy's volume id; the lock id is recorded with this
+    saga's id (in this node's log transaction) so operators find the saga
+    holding a record in one lookup."""
+    lock_id = uuid.uuid4()
+    ctx.db.transaction(lambda c: export_locks.record(c, lock_id, ctx.saga_id, _export_id(ctx)))
+    return {"lock_id": str(lock_id), "volume_id": str(uuid.uuid4())}
 
 
 def read_generation(ctx: ActionContext) -> dict[str, Any]:

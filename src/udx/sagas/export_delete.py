@@ -11,7 +11,7 @@ import logging
 import uuid
 from typing import Any
 
-from udx.datastore import exports, volumes
+from udx.datastore import export_locks, exports, volumes
 from udx.domain.address import PantryAddress
 from udx.saga import ActionContext, Node, SagaDefinition
 from udx.sagas.deps import deps_of
@@ -38,7 +38,10 @@ def _lock(ctx: ActionContext) -> tuple[uuid.UUID, int]:
 
 
 def generate_lock_id(ctx: ActionContext) -> str:
-    return str(uuid.uuid4())
+    """The lock id, recorded with this saga's id (see export_create.generate_ids)."""
+    lock_id = uuid.uuid4()
+    ctx.db.transaction(lambda c: export_locks.record(c, lock_id, ctx.saga_id, _export_id(ctx)))
+    return str(lock_id)
 
 
 def read_generation(ctx: ActionContext) -> dict[str, Any]:

@@ -1,0 +1,199 @@
+"""`udx export release | diagnose`: the operator's tools for a stuck export."""
+
+from __future__ import annotations
+
+import typer
+
+from udx.cli.common import confirm, print_json, state, stdout_console
+
+
+def register(app: typer.Typer) -> None:
+    app.command("diagnose")(diagnose)
+    app.command("release")(release)
+
+
+def release(
+    export_id: str = typer.Argument(..., help="Export record id."),
+    saga_id: str = typer.Option(
+        ..., "--saga", help="The saga holding the record (`udx export diagnose ID` names it)."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Release a record held by a stuck or abandoned saga.
+
+    First does what the saga's own undos would have done, from its log (detach
+    the volume copy, ok if gone; give the copy back), then unlocks the record:
+    assigning -> requested, deleting -> live (still marked). The next pass takes
+    it from there. Refused, with nothing changed, while the saga may still run,
+    when the record's lock is not that saga's, or when a cleanup step fails.
+    """
+    from udx.domain.model import parse_uuid
+    from udx.export_release import carry_out, plan_release
+    from udx.sagas import make_deps
+
+    eid = parse_uuid(export_id, "export id")
+    sid = parse_uuid(saga_id, "saga id")
+    st = state()
+    db = st.database()
+    plan = plan_release(db, eid, sid)
+    console = stdout_console()
+    if not as_json:
+        console.print(
+            f"export {eid} ({plan.record.state.value}) is held by saga {sid} "
+            f"({plan.saga.name}, {plan.saga.saga_state}"
+            + (f", {plan.saga.outcome}" if plan.saga.outcome else "")
+            + "); release will:",
+            markup=False,
+        )
+        for step in plan.steps:
+            console.print(f"  - {step}", markup=False)
+    confirm(f"Release export {eid} from saga {sid}", yes)
+    result = carry_out(db, make_deps(db, st.settings()), plan)
+    if as_json:
+        print_json(result.to_json())
+        return
+    console.print(f"export {eid} released: now {result.record.state.value}", markup=False)
+    for line in result.done:
+        console.print(f"  - {line}", markup=False)
+    console.print("the next pass takes it from here (`udx pass`)", markup=False)
+
+
+def diagnose(
+    export_id: str | None = typer.Argument(None, help="Export record id."),
+    resource_type: str | None = typer.Option(None, "--resource-type", help="snapshot or image."),
+    resource_id: str | None = typer.Option(None, "--resource-id", help="The resource's UUID."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Why is this export not Live, and what to run next: the record, the saga
+    holding it (state, last event, error, owner, lease), the pantry's own view,
+    the volume, earlier records, what the next pass does, and a verdict.
+
+    Exit 0 when healthy (or the next pass takes it on by itself), 1 when a
+    person must act.
+    """
+    from udx.datastore import exports
+    from udx.diagnose import diagnose as run_diagnosis
+    from udx.domain.errors import EXIT_FAILED, BadInput, NotFound
+    from udx.domain.model import ResourceType, parse_uuid
+    from udx.pantry.inventory import inventory_from_settings
+
+    by_resource = resource_type is not None or resource_id is not None
+    if (export_id is None) == (not by_resource):
+        raise BadInput("give either an export ID or --resource-type and --resource-id")
+    st = state()
+    db = st.database()
+    with db.connect() as conn:
+        if export_id is not None:
+            rec = exports.get_required(conn, parse_uuid(export_id, "export id"))
+        else:
+            if resource_type is None or resource_id is None:
+                raise BadInput("--resource-type and --resource-id go together")
+            kind = ResourceType.parse(resource_type)
+            rid = parse_uuid(resource_id, "resource id")
+            history = exports.all_for_resource(conn, kind, rid)
+            if not history:
+                raise NotFound(f"no export record for {kind.value} {rid}")
+            current = [r for r in history if r.state.value != "deleted"]
+            rec = current[0] if current else history[-1]
+    settings = st.settings()
+    d = run_diagnosis(
+        db,
+        inventory_from_settings(settings, db),
+        rec,
+        timeout=min(5.0, settings.pantry.request_timeout_secs),
+    )
+    if as_json:
+        print_json(d.to_json())
+    else:
+        _render_diagnosis(d)
+    if d.needs_person:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _render_diagnosis(d: object) -> None:
+    from udx.cli.common import print_table, table
+    from udx.diagnose import Diagnosis
+
+    assert isinstance(d, Diagnosis)
+    rec = d.record
+    t = table("field", "value", title=f"export {rec.id}")
+    rows: list[tuple[str, str]] = [
+        ("state", rec.state.value),
+        ("resource", f"{rec.resource_type.value} {rec.resource_id}"),
+        ("generation", str(rec.generation)),
+        ("marked for deletion", "yes" if rec.resource_deleted else "no"),
+        ("pantry", str(rec.pantry_address) if rec.pantry_address else "-"),
+        ("volume", str(rec.volume_id) if rec.volume_id else "-"),
+    ]
+    for key in ("time_created", "time_modified"):
+        value = getattr(rec, key, None)
+        if value is not None:
+            rows.append((key.replace("_", " "), value.strftime("%Y-%m-%dT%H:%M:%SZ")))
+    h = d.holder
+    if h is not None:
+        s = h.saga
+        rows += [
+            ("held by saga", f"{s.id} ({s.name})"),
+            ("saga state", s.saga_state + (f" ({s.outcome})" if s.outcome else "")),
+            ("last event", h.last_event or "-"),
+            ("failing node", h.failed_node or "-"),
+            ("error", h.error or "-"),
+            ("owner", str(s.current_sec) if s.current_sec else "-"),
+            (
+                "owner's lease",
+                "- (done)"
+                if s.saga_state in ("done", "abandoned")
+                else "alive"
+                if h.lease_alive
+                else "expired (the owner died)",
+            ),
+        ]
+        if s.saga_state == "abandoned":
+            rows.append(("abandoned", f"{s.abandon_reason}: {s.abandon_comment}"))
+    elif d.lock_unknown:
+        rows.append(("held by", f"lock {rec.operating_saga_id} (no saga in the log made it)"))
+    if d.latest is not None:
+        s = d.latest.saga
+        status = s.saga_state + (f" ({s.outcome})" if s.outcome else "")
+        rows.append(("latest saga", f"{s.id} ({s.name}, {status})"))
+        if d.latest.error:
+            rows.append(("latest saga error", d.latest.error))
+    v = d.pantry_view
+    if v is not None:
+        if v.get("answered"):
+            seen = "attached" if v.get("attached") else "not attached"
+            if v.get("attached"):
+                seen += ", active" if v.get("active") else ", not active"
+        else:
+            seen = f"does not answer ({v.get('error')})"
+        service = {True: "in service", False: "NOT in service", None: "unknown"}[
+            v.get("in_service")
+        ]
+        rows.append(("pantry's view", f"{v['pantry']} ({service}): volume {seen}"))
+    if d.volume is not None:
+        vol = d.volume
+        rows.append(
+            (
+                "volume row",
+                f"{vol['id']} "
+                + (
+                    "(missing)"
+                    if not vol["exists"]
+                    else "(deleted)"
+                    if vol["deleted"]
+                    else "(live)"
+                ),
+            )
+        )
+    for r in d.history:
+        rows.append(("earlier record", f"{r.id} {r.state.value} generation {r.generation}"))
+    rows.append(("next pass", d.next_pass))
+    for k, val in rows:
+        t.add_row(k, val)
+    print_table(t, f"export {rec.id}")
+    console = stdout_console()
+    verdict = f"verdict: {d.verdict}"
+    if d.command:
+        verdict += f"  ->  {d.command}"
+    console.print(verdict, markup=False)
