@@ -72,11 +72,18 @@ def list_(
         help=f"Only sagas of this kind ({', '.join(n.value for n in SagaName)}, or any name "
         "in the log).",
     ),
-    export_id: str | None = typer.Option(None, "--export", help="Only sagas of this export id."),
-    since: str | None = typer.Option(
-        None, "--since", help="Only sagas created since: a duration back (30m, 2d) or a UTC time."
+    export_id: str | None = typer.Option(
+        None, "--export", metavar="EXPORT_ID", help="Only sagas of this export id."
     ),
-    limit: int = typer.Option(50, "--limit", min=1, help="At most this many, newest first."),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        metavar="WHEN",
+        help="Only sagas created since: a duration back (30m, 2d) or a UTC time.",
+    ),
+    limit: int = typer.Option(
+        50, "--limit", min=1, metavar="N", help="At most this many, newest first."
+    ),
     all_: bool = typer.Option(False, "--all", help="Every matching saga (no --limit)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
