@@ -11,6 +11,12 @@ _udx() {
         esac
     done
     _udx_table "$path"
+    local choices
+    choices="$(_udx_choices "$path" "$prev")"
+    if [[ -n "$choices" ]]; then
+        COMPREPLY=( $(compgen -W "$choices" -- "$cur") )
+        return 0
+    fi
     case " $value_opts " in
         *" $prev "*) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
     esac
@@ -77,7 +83,7 @@ _udx_table() {
         "export create") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
         "export delete") words="--yes -y --json -h --help"; value_opts="" ;;
         "export diagnose") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
-        "export list") words="--state --resource-type --json -h --help"; value_opts="--state --resource-type" ;;
+        "export list") words="--state --resource-type --resource-id --pantry --since --limit --all --sort -o --output --json --no-headers -h --help"; value_opts="--state --resource-type --resource-id --pantry --since --limit --sort -o --output" ;;
         "export prune") words="--older-than --dry-run --json -h --help"; value_opts="--older-than" ;;
         "export release") words="--saga --yes -y --json -h --help"; value_opts="--saga" ;;
         "export show") words="--resource-type --resource-id --json -h --help"; value_opts="--resource-type --resource-id" ;;
@@ -85,13 +91,13 @@ _udx_table() {
         "pantry add") words="-h --help"; value_opts="" ;;
         "pantry affected") words="--pantry --json -h --help"; value_opts="--pantry" ;;
         "pantry expunge") words="--yes -y -h --help"; value_opts="" ;;
-        "pantry list") words="--no-check --json -h --help"; value_opts="" ;;
+        "pantry list") words="--no-check --json --no-headers -h --help"; value_opts="" ;;
         "pantry-sim") words="--listen --latency --quiet -q -h --help"; value_opts="--listen --latency" ;;
-        "pass") words="history --dry-run --concurrency --deadline --max-sagas --prune-older-than --json --metrics-file -h --help"; value_opts="--concurrency --deadline --max-sagas --prune-older-than --metrics-file" ;;
+        "pass") words="history --dry-run --concurrency --deadline --max-sagas --prune-older-than --json --progress-every --metrics-file -h --help"; value_opts="--concurrency --deadline --max-sagas --prune-older-than --progress-every --metrics-file" ;;
         "pass history") words="--limit --json -h --help"; value_opts="--limit" ;;
         "saga") words="abandon list prune recover resume retry-undo show -h --help"; value_opts="" ;;
         "saga abandon") words="--reason --comment --force --yes -y -h --help"; value_opts="--reason --comment" ;;
-        "saga list") words="--state --name --export --since --limit --all --json -h --help"; value_opts="--state --name --export --since --limit" ;;
+        "saga list") words="--state --name --export --since --limit --all --json --no-headers -h --help"; value_opts="--state --name --export --since --limit" ;;
         "saga prune") words="--older-than --include --dry-run --json -h --help"; value_opts="--older-than --include" ;;
         "saga recover") words="--json -h --help"; value_opts="" ;;
         "saga resume") words="--json -h --help"; value_opts="" ;;
@@ -102,6 +108,20 @@ _udx_table() {
         "volume list") words="--deleted --json -h --help"; value_opts="" ;;
         "volume show") words="--json -h --help"; value_opts="" ;;
         "whatis") words="--json -h --help"; value_opts="" ;;
+    esac
+}
+_udx_choices() {
+    case "$1|$2" in
+        "|--log-format") echo "human json" ;;
+        "export create|--resource-type") echo "snapshot image" ;;
+        "export list|--state") echo "requested assigning live deleting deleted" ;;
+        "export list|--resource-type") echo "snapshot image" ;;
+        "export list|--sort") echo "resource id state created modified pantry generation" ;;
+        "export list|-o") echo "json wide name" ;;
+        "export list|--output") echo "json wide name" ;;
+        "export show|--resource-type") echo "snapshot image" ;;
+        "saga list|--state") echo "running unwinding done abandoned" ;;
+        "saga list|--name") echo "export-create export-delete" ;;
     esac
 }
 complete -o default -F _udx udx

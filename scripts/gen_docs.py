@@ -24,7 +24,9 @@ sys.path.insert(0, str(ROOT / "src"))
 import typer  # noqa: E402
 
 from udx import __version__  # noqa: E402
+from udx.cli.examples import split as split_examples  # noqa: E402
 from udx.cli.main import app  # noqa: E402
+from udx.config import SECTIONS, Settings  # noqa: E402
 
 HIDDEN_OPTIONS = {"--install-completion", "--show-completion"}
 # A fixed date keeps the output reproducible; bump it with the version.
@@ -37,6 +39,7 @@ class Opt:
     help: str
     takes_value: bool
     metavar: str
+    choices: list[str] = field(default_factory=list)  # the values completion offers
 
 
 @dataclass
@@ -63,6 +66,7 @@ def _walk(cmd: Any, path: list[str], ctx: Any) -> Cmd:
                     help=(p.help or "").strip(),
                     takes_value=not p.is_flag,
                     metavar=(p.metavar or (p.name or "value").upper()) if not p.is_flag else "",
+                    choices=_choices(p, ctx),
                 )
             )
         elif p.param_type_name == "argument":
@@ -75,6 +79,15 @@ def _walk(cmd: Any, path: list[str], ctx: Any) -> Cmd:
                 continue
             node.children.append(_walk(sub, [*path, name], ctx))
     return node
+
+
+def _choices(param: Any, ctx: Any) -> list[str]:
+    desc = getattr(param, "type_descriptor", None)
+    if desc is not None and desc.is_choice and desc.choices:
+        return [str(getattr(c, "value", c)) for c in desc.choices]
+    if getattr(param, "_custom_shell_complete", None) is not None:  # autocompletion=
+        return [item.value for item in param.shell_complete(ctx, "")]
+    return []
 
 
 def command_tree() -> Cmd:
@@ -114,6 +127,12 @@ _udx() {{
         esac
     done
     _udx_table "$path"
+    local choices
+    choices="$(_udx_choices "$path" "$prev")"
+    if [[ -n "$choices" ]]; then
+        COMPREPLY=( $(compgen -W "$choices" -- "$cur") )
+        return 0
+    fi
     case " $value_opts " in
         *" $prev "*) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
     esac
@@ -130,8 +149,25 @@ _udx_table() {{
 {chr(10).join(cases)}
     esac
 }}
+_udx_choices() {{
+    case "$1|$2" in
+{chr(10).join(_choice_cases(tree, lambda c: f'echo "{" ".join(c)}"'))}
+    esac
+}}
 complete -o default -F _udx udx
 """
+
+
+def _choice_cases(tree: Cmd, action: Any) -> list[str]:
+    """`"path|--option") <action>` lines for every option with a closed set of values."""
+    out = []
+    for node in _all(tree):
+        key = " ".join(node.path[1:])
+        for o in node.options:
+            if o.choices:
+                for n in o.names:
+                    out.append(f'        "{key}|{n}") {action(o.choices)} ;;')
+    return out
 
 
 def zsh_completion(tree: Cmd) -> str:
@@ -153,6 +189,9 @@ _udx() {{
         [[ "$w" == -* ]] && continue
         if (( ${{known[(Ie)${{path:+$path }}$w]}} )); then path="${{path:+$path }}$w"; fi
     done
+    case "$path|${{words[CURRENT-1]}}" in
+{chr(10).join(_choice_cases(tree, lambda c: f"candidates=({' '.join(c)}); _describe -t values 'value' candidates; return"))}
+    esac
     case "$path" in
 {chr(10).join(cases)}
     esac
@@ -187,6 +226,8 @@ def fish_completion(tree: Cmd) -> str:
             for n in o.names:
                 flags.append(f"-l {n[2:]}" if n.startswith("--") else f"-s {n[1:]}")
             req = " -r" if o.takes_value else ""
+            if o.choices:
+                req += f" -f -a {_fq(' '.join(o.choices))}"
             lines.append(f"complete -c udx -n '{cond}' {' '.join(flags)}{req} -d {_fq(o.help)}")
     return "\n".join(lines) + "\n"
 
@@ -217,9 +258,83 @@ Bad usage, bad input or bad configuration.
 The database or the pantry inventory could not be reached, or the schema is missing or out of date."""
 
 
+def _environment() -> list[tuple[str, str]]:
+    """Every variable udx reads: its own, then one per config key (from Settings,
+    so a new key is documented without anyone remembering to)."""
+    out = [
+        ("UDX_DATABASE_URL", "The database URL, as --db (which wins over it)."),
+        ("UDX_CONFIG", "The config file, as --config."),
+    ]
+    defaults = Settings()
+    for section in SECTIONS:
+        for key, value in vars(getattr(defaults, section)).items():
+            name = f"UDX_{section.upper()}_{key.upper()}"
+            if name == "UDX_DATABASE_URL":
+                continue  # listed above
+            if isinstance(value, list):
+                text = f"[{section}] {key}, comma-separated (default none)."
+            else:
+                text = f"[{section}] {key} (default {value})."
+            out.append((name, text))
+    out += [
+        ("NO_COLOR", "Set and not empty: no colour or style escapes at all."),
+        ("TTY_COMPATIBLE", "1 or 0: write as on a terminal or as piped, whatever stdout is."),
+        ("COLUMNS", "The terminal width tables fit (ids are never cut; columns are dropped)."),
+    ]
+    return out
+
+
+FILES = [
+    ("~/.config/udx/config.toml", "The config file (XDG_CONFIG_HOME; --config or UDX_CONFIG"
+     " name another); `udx config init` writes it."),
+    ("~/.local/share/udx/udx.sqlite3", "The embedded database when no URL is given"
+     " (XDG_DATA_HOME)."),
+    ("~/.local/share/udx/demo.sqlite3", "The database `udx demo` starts afresh."),
+]
+
+# The shape of `--json` (DESIGN.md section 7), for the pages of the commands that print it.
+_RECORD = (
+    "record objects: id, state, operating_saga_id, generation, resource_id, resource_type,"
+    " resource_deleted, pantry_ip, pantry_port, volume_id, time_created, time_modified"
+    " (UTC, ending in Z), pantry_address (\"ip:port\" or \"[ipv6]:port\", or null)"
+)
+JSON_SHAPES = {
+    "changeset": "An object: request_required (objects with resource_type, resource_id),"
+    f" create_required, delete_required and would_mark_for_deletion (lists of {_RECORD}).",
+    "pass": "An object: create_invoked_ok and delete_invoked_ok (objects with export_id,"
+    " resource_type, resource_id, saga_id, outcome: succeeded, unwound, stuck or skipped),"
+    " records_marked_for_deletion and records_marked_lost (integers), records_bypassed_ok"
+    " (objects with export_id, resource_type, resource_id), errors (strings) and the"
+    " counters added since (sagas_recovered, orphans_detached, ...). With --dry-run: dry_run,"
+    " steps (objects with step, action, export_id, resource_type, resource_id, detail) and"
+    " errors.",
+    "export list": f"A list of {_RECORD}.",
+    "export show": f"One of the {_RECORD}; by resource, with history: the earlier records.",
+    "export create": "An object: action, outcome, saga_id, error and record (the export record).",
+    "export delete": "An object: action, outcome, saga_id, error and record (the export record).",
+    "pantry list": "A list of objects: address, state, time_created, time_expunged, checked,"
+    " reachable, latency_ms, error, volumes_attached, live_exports, missing_on_pantry and"
+    " extra_on_pantry (volume ids, or null when not checked).",
+    "pantry affected": f"An object: in_service (addresses), pantry, count, records ({_RECORD}).",
+    "saga list": "A list of saga objects: id, name, saga_state, outcome, creator, params,"
+    " current_sec, adopt_generation, the times, abandon_reason and abandon_comment.",
+    "saga show": "The saga object with events: node_id, event_type, time and data.",
+    "saga recover": "A list of objects: saga_id, name, outcome, failed_node, error, error_type.",
+    "saga resume": "A list of one object: saga_id, name, outcome, failed_node, error, error_type.",
+}
+
+
+def _pairs(items: list[tuple[str, str]]) -> list[str]:
+    out = []
+    for name, text in items:
+        out += [".TP", f".B {_roff(name)}", _roff(text)]
+    return out
+
+
 def man_page(node: Cmd, tree: Cmd) -> str:
     name = "-".join(node.path)
     title = name.upper()
+    description, examples = split_examples(node.help)
     synopsis = " ".join(node.path)
     if node.children:
         synopsis += " COMMAND"
@@ -234,7 +349,7 @@ def man_page(node: Cmd, tree: Cmd) -> str:
         ".SH SYNOPSIS",
         f".B {_roff(synopsis)}",
         ".SH DESCRIPTION",
-        _roff(node.help or node.short_help),
+        _roff(description or node.short_help),
     ]
     if node.children:
         parts.append(".SH COMMANDS")
@@ -251,7 +366,16 @@ def man_page(node: Cmd, tree: Cmd) -> str:
         parts.append("Given before the command, see")
         parts.append(".BR udx (1):")
         parts.append(_roff(", ".join(n for o in g for n in o.names if n.startswith("--"))))
+    key = " ".join(node.path[1:])
+    if key in JSON_SHAPES:
+        parts += [".SH JSON OUTPUT", _roff(JSON_SHAPES[key])]
     parts += [".SH EXIT STATUS", EXIT_STATUS]
+    if examples:
+        parts.append(".SH EXAMPLES")
+        for line in examples:
+            parts += [".PP", ".nf", f"$ {_roff(line)}", ".fi"]
+    parts += [".SH ENVIRONMENT", *_pairs(_environment())]
+    parts += [".SH FILES", *_pairs(FILES)]
     see = sorted(({"udx"} | {"-".join(c.path) for c in node.children}) - {name})
     if see:
         parts += [".SH SEE ALSO", ", ".join(f".BR {s} (1)" for s in see).replace(", .BR", "\n.BR")]

@@ -100,6 +100,13 @@ def test_bash_completion_completes(tmp_path: Path) -> None:
         "udx export delete --y": ["--yes"],
         "udx db i": ["init"],
         "udx export create --resource-type snapshot --res": ["--resource-id", "--resource-type"],
+        # Options with a closed set of values complete the values, not file names.
+        "udx export list --state ": ["assigning", "deleted", "deleting", "live", "requested"],
+        "udx export list --state l": ["live"],
+        "udx export list --resource-type ": ["image", "snapshot"],
+        "udx saga list --name export-d": ["export-delete"],
+        "udx --log-format ": ["human", "json"],
+        "udx saga list --state u": ["unwinding"],
     }
     for line, expected in cases.items():
         assert _complete(line, tmp_path) == expected, line

@@ -162,7 +162,9 @@ class DryRunReport:
         return {"dry_run": True, "steps": [asdict(s) for s in self.steps], "errors": self.errors}
 
 
-ProgressFn = Callable[[str, int], None]  # (event, amount): "total" sets, "advance" adds
+# (event, amount): "total" sets, "advance" adds; per saga name too:
+# "total:<name>" sets, "done:<name>" adds. A consumer ignores events it does not know.
+ProgressFn = Callable[[str, int], None]
 
 
 class Coordinator:
@@ -507,6 +509,9 @@ class Coordinator:
         jobs = [_Job.delete(r) for r in deletes] + [_Job.create(r) for r in creates]
         del cs, creates, deletes  # from here on only the compact jobs are kept
         budget = len(jobs) if max_sagas is None else min(len(jobs), max_sagas)
+        n_deletes = min(sum(1 for j in jobs if j.deleting), budget)  # deletes run first
+        notify("total:export-delete", n_deletes)
+        notify("total:export-create", budget - n_deletes)
         notify("total", budget)
         if pantries is not None:
             self._deps.begin_pass(pantries)
@@ -646,6 +651,7 @@ class Coordinator:
             outcomes[index] = _invocation(job, self._run_one(job))
             try:
                 notify("advance", 1)
+                notify(f"done:{job.saga}", 1)
             except Exception as err:  # a progress display must not lose a result
                 log.warning("pass progress callback failed: %s", err)
 

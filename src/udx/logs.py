@@ -10,11 +10,27 @@ import time
 from udx.db.urls import mask_url
 
 
+def _json_time(created: float, msecs: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
+
+
+def json_line(level: str, logger: str, message: str) -> str:
+    """One log line as `--log-format json` writes it (for lines not from logging)."""
+    now = time.time()
+    return json.dumps(
+        {
+            "time": _json_time(now, (now % 1) * 1000),
+            "level": level,
+            "logger": logger,
+            "message": mask_url(message),
+        }
+    )
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": _json_time(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": mask_url(record.getMessage()),

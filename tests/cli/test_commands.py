@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,9 +136,13 @@ def test_export_list(udx: Udx, fleet: Fleet) -> None:
     assert [r["id"] for r in images] == [str(fleet.requested)]
     assert udx.json("export", "list", "--resource-type", "image", "--state", "live") == []
     table = udx.ok("export", "list", "--state", "live").stdout
-    assert "export records (2)" in table
+    assert table.splitlines()[0].split()[:2] == ["id", "type"]  # piped: the header first
+    assert len(table.splitlines()) == 3
     assert str(fleet.live) in table and "[fd00:1122:3344:101::1]:17000" in table
     assert str(fleet.requested) not in table
+    on_tty = {"TTY_COMPATIBLE": "1", "COLUMNS": "200"}
+    table = udx.ok("export", "list", "--state", "live", env=on_tty).stdout
+    assert "export records (2)" in table
 
 
 def test_export_show(udx: Udx, fleet: Fleet) -> None:
@@ -154,7 +159,10 @@ def test_export_show(udx: Udx, fleet: Fleet) -> None:
     assert str(fleet.live) in text and "live" in text and str(fleet.live_snapshot) in text
     text = udx.ok("export", "show", "--resource-type", "snapshot", "--resource-id",
                   str(fleet.live_snapshot)).stdout
-    assert "1 earlier record(s)" in text and str(fleet.old) in text
+    assert "== earlier records for this resource (1)" in text and str(fleet.old) in text
+    fields = dict(re.split(r"\s{2,}", ln, maxsplit=1) for ln in text.split("==")[0].splitlines())
+    assert fields["marked for deletion"] == "no" and fields["state"] == "live"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+s ago\)", fields["created"])
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -167,9 +175,9 @@ def test_bad_input_is_one_line_exit_2(udx: Udx, fleet: Fleet) -> None:
         (("export", "show", "--resource-type", "snapshot", "--resource-id", "xyz"),
          "malformed resource id"),
         (("export", "show", "--resource-type", "disk", "--resource-id", str(uuid.uuid4())),
-         "unknown resource type 'disk'"),
-        (("export", "list", "--resource-type", "disk"), "unknown resource type"),
-        (("export", "list", "--state", "alive"), "unknown export state 'alive'"),
+         "'disk' is not one of: snapshot, image"),
+        (("export", "list", "--resource-type", "disk"), "'disk' is not one of"),
+        (("export", "list", "--state", "alive"), "'alive' is not one of: requested, assigning"),
         (("export", "show", str(missing)), str(missing)),
         (("export", "show", "--resource-type", "image", "--resource-id", str(missing)),
          str(missing)),

@@ -149,7 +149,7 @@ def test_create_for_an_unknown_or_deleted_resource_is_exit_2(
     assert_one_line_error(r, 2, str(sid))
     assert_one_line_error(
         cli("export", "create", "--resource-type", "disk", "--resource-id", str(sid)),
-        2, "unknown resource type",
+        2, "'disk' is not one of: snapshot, image",
     )
     assert_one_line_error(
         cli("export", "create", "--resource-type", "snapshot", "--resource-id", "nope"),

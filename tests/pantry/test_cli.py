@@ -115,8 +115,8 @@ def test_expunge_confirms_with_a_count(db_url: str, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(pantry_cli, "confirm", lambda prompt, yes: prompts.append(prompt))
     r = ok(udx(db_url, "pantry", "expunge", "127.0.0.1:17000"))
-    assert prompts and "2 export record(s)" in prompts[0]
-    assert "2 export record(s)" in r.stdout
+    assert prompts and "2 export records" in prompts[0] and prompts[0].startswith("Expunge")
+    assert "2 export records" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -197,7 +197,10 @@ def test_affected(db_url: str) -> None:
     assert [r["id"] for r in out["records"]] == [str(on_3)]
     assert out["records"][0]["pantry_address"] == "127.0.0.3:17000"
     text = ok(udx(db_url, "pantry", "affected")).stdout
-    assert str(on_2) in text and "2 record(s)" in text
+    assert str(on_2) in text and len(text.splitlines()) == 3  # piped: header and 2 rows
+    tty = {"TTY_COMPATIBLE": "1", "COLUMNS": "200"}
+    text = ok(runner.invoke(app, ["--db", db_url, "pantry", "affected"], env=tty)).stdout
+    assert "records the next pass marks (2)" in text
     text = ok(udx(db_url, "pantry", "affected", "--pantry", "127.0.0.1:17000")).stdout
     assert "is in service" in text
 

@@ -96,7 +96,8 @@ def test_latency(sim: SimulatedPantry) -> None:
             400,
         ),
         ("GET", "/nothing", b"", 404),
-        ("GET", "/crucible/pantry/0/volume/x/bulk-read", b"", 404),
+        ("GET", "/crucible/pantry/0/volume/x/bulk-read", b"", 405),  # the spec has POST only
+        ("POST", "/crucible/pantry/0/volume/x/bulk-read", b"{}", 404),  # not simulated
         ("PUT", "/crucible/pantry/0", b"", 405),
         ("DELETE", "/crucible/pantry/0", b"", 405),
     ],

@@ -80,7 +80,9 @@ def test_list(udx: Udx, log: dict[str, uuid.UUID]) -> None:
     ]
     assert len(udx.json("saga", "list", "--name", "sticks")) == 1
     assert str(log["stuck"]) in udx.ok("saga", "list").stdout
-    assert_one_line_error(udx("saga", "list", "--state", "bogus"), 2, "unknown saga state")
+    assert_one_line_error(
+        udx("saga", "list", "--state", "bogus"), 2, "'bogus' is not one of: running, unwinding"
+    )
 
 
 def test_show(udx: Udx, log: dict[str, uuid.UUID]) -> None:

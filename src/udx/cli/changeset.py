@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from udx.cli.common import is_terminal, print_table, state, table
+from udx.cli.common import is_terminal, state
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +32,7 @@ def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
                 sys.stdout, fields, indent=2 if tty else None, default=str, transform=cs.ascii_only
             )
         return
-    from udx.cli.render import export_rows, holding_sagas
+    from udx.cli.render import holding_sagas
 
     with db.connect() as conn:
         result = cs.preview(conn)
@@ -40,19 +40,9 @@ def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
 
         sagas = holding_sagas(conn, [*result.delete_required, *result.would_mark])
         held = held_by_dead_sagas(conn)  # in no changeset: no pass moves them
+    from udx.cli.render import write_changeset
 
-    t = table("resource type", "resource id", title="request required")
-    for ref in result.request_required:
-        t.add_row(ref.resource_type.value, str(ref.resource_id))
-    print_table(t, f"request required ({len(result.request_required)})")
-    export_rows(result.create_required, f"create required ({len(result.create_required)})")
-    export_rows(
-        result.delete_required, f"delete required ({len(result.delete_required)})", sagas
-    )
-    if result.would_mark:
-        export_rows(
-            result.would_mark, f"would be marked for deletion ({len(result.would_mark)})", sagas
-        )
+    write_changeset(result, sagas)
     if held:
         from udx.cli.common import stdout_console
 

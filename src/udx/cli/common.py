@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -159,6 +160,32 @@ def confirm(prompt: str, yes: bool) -> None:
         raise BadInput(f"{prompt}: refusing without a terminal to confirm on; pass --yes")
     if not typer.confirm(prompt + "?", default=False):
         raise typer.Abort()
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds in "90s", "15m", "2h", "1h30m", "7d", "1w"; BadInput otherwise."""
+    import re
+
+    spec = text.strip().lower()
+    parts = re.findall(r"(\d+)([smhdw])", spec)
+    if not spec or "".join(n + u for n, u in parts) != spec:
+        raise BadInput(
+            f"{option} {text!r}: expected a duration like 90s, 15m, 2h, 1h30m, 7d or 1w"
+        )
+    return float(sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+def plural(n: int, noun: str) -> str:
+    """"1 step", "2 steps": one spelling for counts in human output."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def choice_metavar(choices: type[enum.Enum]) -> str:
+    """`[a|b|c]`: the values an Enum option takes, for help and man pages."""
+    return "[" + "|".join(str(m.value) for m in choices) + "]"
 
 
 def env_flag(name: str) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from udx.cli.common import print_table, state, stdout_console, table
+from udx.cli.common import state, stdout_console
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +36,8 @@ def demo(
     from sqlalchemy import func, select
 
     from udx.cli.pass_ import _render_status
-    from udx.cli.render import export_rows
+    from udx.cli.render import export_rows, write_changeset
+    from udx.cli.tables import write_heading
     from udx.config import Settings
     from udx.datastore import changeset as changeset_sql
     from udx.datastore import exports, resources
@@ -113,12 +114,7 @@ def demo(
         def show_changeset() -> None:
             with db.connect() as conn:
                 cs = changeset_sql.preview(conn)
-            t = table("resource type", "resource id")
-            for ref in cs.request_required:
-                t.add_row(ref.resource_type.value, str(ref.resource_id))
-            print_table(t, f"request required ({len(cs.request_required)})")
-            export_rows(cs.create_required, f"create required ({len(cs.create_required)})")
-            export_rows(cs.delete_required, f"delete required ({len(cs.delete_required)})")
+            write_changeset(cs)
 
         def run_pass(title: str) -> None:
             say(title)
@@ -135,7 +131,8 @@ def demo(
                     conn, states=[s for s in ExportState if s.value != "deleted"]
                 )
                 counts = exports.count_by_state(conn)
-            export_rows(records, f"export records not deleted ({len(records)})")
+            write_heading(f"export records not deleted ({len(records)})")
+            export_rows(records, "export records not deleted")
             c.print("by state: " + ", ".join(f"{s.value} {n}" for s, n in counts.items()))
 
         say("the changeset before the first pass")

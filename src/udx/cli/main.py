@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
+from typer._click.exceptions import ClickException  # typer >= 0.24 vendors click
 from typer.core import TyperGroup
 
 from udx.cli import changeset as changeset_cmd
@@ -23,20 +24,22 @@ from udx.cli import pass_ as pass_cmd
 from udx.cli import prune as prune_cmd
 from udx.cli import saga as saga_cmd
 from udx.cli import volume as volume_cmd
-from udx.cli.common import STATE
+from udx.cli.choices import LogFormat
+from udx.cli.common import STATE, choice_metavar
+from udx.cli.params import install as install_plain_conversion
 from udx.domain.errors import EXIT_FAILED, UdxError
-
-try:  # typer >= 0.24 vendors click
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException  # type: ignore[no-redef]
 
 
 def _error_line(message: str) -> None:
     from udx.db.urls import mask_url
 
     lines = mask_url(message).strip().splitlines() or ["(no message)"]
-    sys.stderr.write(f"udx: error: {lines[0]}\n")
+    if STATE.log_format == "json":  # cron's log shipper reads every stderr line as JSON
+        from udx.logs import json_line
+
+        sys.stderr.write(json_line("error", "udx", lines[0]) + "\n")
+    else:
+        sys.stderr.write(f"udx: error: {lines[0]}\n")
     sys.stderr.flush()
 
 
@@ -45,6 +48,12 @@ class UdxGroup(TyperGroup):
 
     With -v the traceback follows the line. Usage errors are exit 2 as in click.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from udx.cli.examples import attach
+
+        attach(self)
 
     def main(
         self,
@@ -55,6 +64,13 @@ class UdxGroup(TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
+        install_plain_conversion()
+        for param in self.params:
+            if param.name in ("install_completion", "show_completion"):
+                param.hidden = True  # type: ignore[attr-defined]
+        # Known before parsing, so that a usage error is a JSON line too.
+        argv = list(sys.argv[1:] if args is None else args)
+        STATE.log_format = "json" if _asks_json_logs(argv) else "human"
         try:
             rv = super().main(
                 args=args,
@@ -98,6 +114,15 @@ class UdxGroup(TyperGroup):
         return code
 
 
+def _asks_json_logs(argv: list[str]) -> bool:
+    for i, word in enumerate(argv):
+        if word == "--log-format" and i + 1 < len(argv):
+            return argv[i + 1].lower() == "json"
+        if word.startswith("--log-format="):
+            return word.split("=", 1)[1].lower() == "json"
+    return False
+
+
 def _translate(err: Exception) -> Exception:
     """Driver errors that escaped a Database helper: connection problems are exit 3."""
     if "sqlalchemy" in sys.modules:
@@ -118,6 +143,8 @@ app = typer.Typer(
     name="udx",
     help="Keep a Pantry-attached user data export for every live snapshot and image.",
     no_args_is_help=True,
+    # Kept for the dynamic completion protocol (_UDX_COMPLETE); its install/show
+    # options are hidden (UdxGroup) since static scripts ship in completions/.
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -131,16 +158,25 @@ def main(
     db: str | None = typer.Option(
         None,
         "--db",
+        metavar="URL",
         envvar="UDX_DATABASE_URL",
         help="Database URL (default: the embedded SQLite file).",
         show_envvar=True,
     ),
     config: str | None = typer.Option(
-        None, "--config", envvar="UDX_CONFIG", help="Config file (TOML).", show_envvar=True
+        None,
+        "--config",
+        metavar="PATH",
+        envvar="UDX_CONFIG",
+        help="Config file (TOML; default: config.toml in the user config directory).",
+        show_envvar=True,
     ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logs and tracebacks."),
-    log_format: str = typer.Option(
-        "human", "--log-format", help="Log format on stderr: human or json (for cron)."
+    log_format: LogFormat = typer.Option(
+        LogFormat.HUMAN,
+        "--log-format",
+        metavar=choice_metavar(LogFormat),
+        help="Log format on stderr: human, or json for cron and log shippers.",
     ),
 ) -> None:
     STATE.db_url = db
@@ -150,12 +186,10 @@ def main(
     STATE.config_path = config
     STATE.verbose = verbose
     STATE._settings = None
-    if log_format not in ("human", "json"):
-        raise typer.BadParameter(f"--log-format must be human or json, not {log_format!r}")
-    STATE.log_format = log_format
+    STATE.log_format = log_format.value
     from udx.logs import setup_logging
 
-    setup_logging(verbose=verbose, fmt=log_format)
+    setup_logging(verbose=verbose, fmt=log_format.value)
 
 
 app.add_typer(db_cmd.app, name="db")

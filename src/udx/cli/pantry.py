@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from udx.cli.common import confirm, print_json, print_table, state, stdout_console, table
+from udx.cli.common import confirm, plural, print_json, state, stdout_console
 
 if TYPE_CHECKING:
     from udx.domain.address import PantryAddress
@@ -51,6 +51,7 @@ def _probe(address: PantryAddress, timeout: float) -> dict[str, Any]:
 def list_(
     no_check: bool = typer.Option(False, "--no-check", help="Do not call the pantries."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
     """Pantries: state, health, volumes attached, Live exports, and the difference.
 
@@ -164,20 +165,11 @@ def list_(
     if as_json:
         print_json(out)
         return
-    t = table(
-        "address",
-        "state",
-        "reachable",
-        "latency",
-        "attached",
-        "live exports",
-        "missing",
-        "extra",
-        title=f"pantries ({len(out)}, source {settings.pantry.source})",
-    )
-    for r in out:
+    from udx.cli.tables import Column, write_table
+
+    def cells(r: dict[str, Any]) -> list[str]:
         reach = "-" if r["reachable"] is None else ("yes" if r["reachable"] else "NO")
-        t.add_row(
+        return [
             r["address"],
             r["state"],
             reach,
@@ -186,8 +178,23 @@ def list_(
             str(r["live_exports"]),
             "-" if r["missing_on_pantry"] is None else str(len(r["missing_on_pantry"])),
             "-" if r["extra_on_pantry"] is None else str(len(r["extra_on_pantry"])),
-        )
-    print_table(t, f"pantries ({len(out)}, source {settings.pantry.source})")
+        ]
+
+    write_table(
+        (
+            Column("address", key=True),
+            Column("state"),
+            Column("reachable"),
+            Column("latency", priority=3, justify="right"),
+            Column("attached", priority=2, justify="right"),
+            Column("live exports", priority=2, justify="right"),
+            Column("missing", justify="right"),
+            Column("extra", priority=2, justify="right"),
+        ),
+        (cells(r) for r in out),
+        title=f"pantries (source {settings.pantry.source})",
+        headers=not no_headers,
+    )
     console = stdout_console()
     for r in out:
         if r["error"]:
@@ -196,7 +203,9 @@ def list_(
 
 @app.command("affected")
 def affected(
-    pantry: str | None = typer.Option(None, "--pantry", help="Only records on this pantry."),
+    pantry: str | None = typer.Option(
+        None, "--pantry", metavar="ADDRESS", help='Only records on this pantry ("ip:port").'
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Records on pantries out of service: what the next pass will mark for deletion."""
@@ -221,26 +230,40 @@ def affected(
             }
         )
         return
-    console = stdout_console()
-    if only is not None and only in in_service:
-        console.print(f"pantry {only} is in service: no record on it will be marked", markup=False)
-    t = table(
-        "export", "resource", "state", "pantry", "volume", title="records the next pass marks"
+    from udx.cli.tables import Column, write_table
+
+    write_table(
+        (
+            Column("export", key=True),
+            Column("type"),
+            Column("resource", priority=2),
+            Column("state"),
+            Column("pantry", key=True),
+            Column("volume", priority=3),
+        ),
+        (
+            [
+                str(r.id),
+                r.resource_type.value,
+                str(r.resource_id),
+                r.state.value,
+                r.pantry_text or "-",
+                str(r.volume_id) if r.volume_id else "-",
+            ]
+            for r in records
+        ),
+        title="records the next pass marks",
     )
-    for r in records:
-        t.add_row(
-            str(r.id),
-            f"{r.resource_type.value} {r.resource_id}",
-            r.state.value,
-            r.pantry_text or "-",
-            str(r.volume_id) if r.volume_id else "-",
+    if only is not None and only in in_service:
+        stdout_console().print(
+            f"pantry {only} is in service: no record on it will be marked", markup=False
         )
-    print_table(t, "records the next pass marks")
-    console.print(f"{len(records)} record(s) on pantries out of service", markup=False)
 
 
 @app.command("add")
-def add(address: str = typer.Argument(..., help='"ip:port" or "[ipv6]:port".')) -> None:
+def add(
+    address: str = typer.Argument(..., metavar="ADDRESS", help='"ip:port" or "[ipv6]:port".'),
+) -> None:
     """Put a pantry in service (the pantry table)."""
     from udx.datastore import pantries
     from udx.domain.address import PantryAddress
@@ -259,7 +282,7 @@ def add(address: str = typer.Argument(..., help='"ip:port" or "[ipv6]:port".')) 
 
 @app.command("expunge")
 def expunge(
-    address: str = typer.Argument(..., help='"ip:port" or "[ipv6]:port".'),
+    address: str = typer.Argument(..., metavar="ADDRESS", help='"ip:port" or "[ipv6]:port".'),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Take a pantry out of service; the next pass tears down its exports."""
@@ -285,12 +308,14 @@ def expunge(
         console.print(f"pantry {addr} is already expunged", markup=False)
         return
     confirm(
-        f"Expunge pantry {addr} ({len(on_it)} export record(s) on it will be torn down "
+        f"Expunge pantry {addr} ({plural(len(on_it), 'export record')} on it will be torn down "
         "and recreated elsewhere by the next pass)",
         yes,
     )
     outcome = db.transaction(lambda conn: pantries.expunge(conn, addr), name="pantry expunge")
     if outcome == "expunged":
-        console.print(f"pantry {addr} expunged; {len(on_it)} export record(s) on it", markup=False)
+        console.print(
+            f"pantry {addr} expunged; {plural(len(on_it), 'export record')} on it", markup=False
+        )
     else:
         console.print(f"pantry {addr} is already expunged", markup=False)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from udx.cli.common import is_terminal, print_json, print_table, state, stdout_console, table
+from udx.cli.common import is_terminal, print_json, state, stdout_console
 from udx.domain.errors import EXIT_FAILED, EXIT_UNAVAILABLE, BadInput, UdxError
 
 if TYPE_CHECKING:
@@ -56,6 +56,14 @@ def pass_(
         "(default: config, never).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the status object as JSON."),
+    progress_every: float | None = typer.Option(
+        None,
+        "--progress-every",
+        min=1,
+        metavar="SECS",
+        help="When not on a terminal (cron): log an INFO progress line at most every SECS "
+        "seconds while sagas finish, and one at the end.",
+    ),
     metrics_file: Path | None = typer.Option(
         None, "--metrics-file", help="Also write the counts in Prometheus text format (atomic)."
     ),
@@ -91,7 +99,7 @@ def pass_(
     # A dry run writes nothing, not even its history row.
     recorder = _Recorder(db, dry_run) if not dry_run else None
     try:
-        _pass(db, recorder, dry_run, concurrency, as_json, metrics_file, bounds)
+        _pass(db, recorder, dry_run, concurrency, as_json, metrics_file, bounds, progress_every)
     except typer.Exit as done:
         _finish(recorder, done.exit_code)
         raise
@@ -173,6 +181,7 @@ def _pass(
     as_json: bool,
     metrics_file: Path | None,
     bounds: dict[str, Any],
+    progress_every: float | None = None,
 ) -> None:
     from udx.runtime import build_runtime
 
@@ -190,7 +199,10 @@ def _pass(
                 raise typer.Exit(EXIT_FAILED)
             return
         status = _run_with_progress(
-            runtime.coordinator, show=not as_json and is_terminal(), **bounds
+            runtime.coordinator,
+            show=not as_json and is_terminal(),
+            every=progress_every,
+            **bounds,
         )
         if recorder is not None:
             recorder.status = status
@@ -260,62 +272,80 @@ def _check_metrics_path(path: Path) -> Path:
     return path
 
 
-def _run_with_progress(coordinator: Coordinator, show: bool, **bounds: Any) -> PassStatus:
+def _run_with_progress(
+    coordinator: Coordinator, show: bool, every: float | None = None, **bounds: Any
+) -> PassStatus:
+    from udx.cli.progress import PassProgress, log, logging_notify, rich_notify
+
+    counts = PassProgress()
     if not show:
-        return coordinator.run_pass(**bounds)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+        if every is None:
+            return coordinator.run_pass(**bounds)
+        status = coordinator.run_pass(progress=logging_notify(every, counts), **bounds)
+        log.info("pass progress: %s (done)", counts.line())
+        return status
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f}/s" if speed else "-/s", style="progress.data.speed")
 
     with Progress(
-        "[progress.description]{task.description}",
+        "sagas {task.description:<6}",
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
+        "ETA",
+        TimeRemainingColumn(),
         TimeElapsedColumn(),
         console=stdout_console(),
         transient=True,
-    ) as progress:
-        task = progress.add_task("sagas", total=None)
-
-        def notify(event: str, n: int) -> None:
-            if event == "total":
-                progress.update(task, total=n)
-            else:
-                progress.advance(task, n)
-
-        return coordinator.run_pass(progress=notify, **bounds)
+    ) as bar:
+        return coordinator.run_pass(progress=rich_notify(bar, counts), **bounds)
 
 
 def _render_status(status: PassStatus) -> None:
     from collections import Counter
 
+    from udx.cli.tables import write_fields
     from udx.coordinator import OUTCOMES
 
     c = stdout_console()
-    summary = table("item", "count", title="pass summary")
+    rows: list[list[str]] = []
     creates = Counter(s.outcome for s in status.create_invoked_ok)
     deletes = Counter(s.outcome for s in status.delete_invoked_ok)
     for outcome in OUTCOMES:
         if creates[outcome]:
-            summary.add_row(f"create sagas {outcome}", str(creates[outcome]))
+            rows.append([f"create sagas {outcome}", str(creates[outcome])])
         if deletes[outcome]:
-            summary.add_row(f"delete sagas {outcome}", str(deletes[outcome]))
-    summary.add_row(
-        "records marked for deletion (expunged pantry)", str(status.records_marked_for_deletion)
-    )
-    summary.add_row("records marked lost (pantry restarted)", str(status.records_marked_lost))
-    summary.add_row("records bypassed to deleted", str(len(status.records_bypassed_ok)))
-    summary.add_row("sagas recovered", str(status.sagas_recovered))
-    summary.add_row("orphan attachments detached", str(status.orphans_detached))
-    summary.add_row("sagas deferred to the next pass", str(status.deferred))
+            rows.append([f"delete sagas {outcome}", str(deletes[outcome])])
+    rows += [
+        ["records marked for deletion (expunged pantry)", str(status.records_marked_for_deletion)],
+        ["records marked lost (pantry restarted)", str(status.records_marked_lost)],
+        ["records bypassed to deleted", str(len(status.records_bypassed_ok))],
+        ["sagas recovered", str(status.sagas_recovered)],
+        ["orphan attachments detached", str(status.orphans_detached)],
+        ["sagas deferred to the next pass", str(status.deferred)],
+    ]
     if status.pruned is not None:
-        summary.add_row("sagas pruned (with their events)", str(status.pruned.sagas))
-        summary.add_row("Deleted records pruned", str(status.pruned.records))
-    summary.add_row("warnings", str(len(status.warnings)))
-    summary.add_row("errors", str(len(status.errors)))
+        rows.append(["sagas pruned (with their events)", str(status.pruned.sagas)])
+        rows.append(["Deleted records pruned", str(status.pruned.records)])
+    rows.append(["warnings", str(len(status.warnings))])
+    rows.append(["errors", str(len(status.errors))])
     if status.started is not None:
-        summary.add_row("started", status.started[:19] + "Z")
+        rows.append(["started", status.started[:19] + "Z"])
     if status.duration_secs is not None:
-        summary.add_row("duration", f"{status.duration_secs:.1f} s")
-    print_table(summary, "pass summary")
+        rows.append(["duration", f"{status.duration_secs:.1f} s"])
+    write_fields("pass summary", [(item, count) for item, count in rows])
     for warning in status.warnings:
         c.print(f"warning: {warning}", markup=False)
     for err in status.errors:
@@ -342,12 +372,30 @@ def _render_interrupted(status: PassStatus) -> None:
 
 
 def _render_plan(report: DryRunReport) -> None:
-    t = table("step", "would", "export", "resource", "detail", title="dry run: the pass would")
-    for s in report.steps:
-        resource = f"{s.resource_type} {s.resource_id}" if s.resource_type else "-"
-        export = s.export_id or ("(new)" if s.step.startswith("3") else "-")
-        t.add_row(s.step, s.action, export, resource, s.detail)
-    print_table(t, f"dry run: the pass would ({len(report.steps)} steps)")
+    from udx.cli.tables import Column, write_table
+
+    write_table(
+        (
+            Column("step"),
+            Column("would"),
+            Column("export", key=True),
+            Column("type", priority=2),
+            Column("resource", priority=2),
+            Column("detail", priority=3),
+        ),
+        (
+            [
+                s.step,
+                s.action,
+                s.export_id or ("(new)" if s.step.startswith("3") else "-"),
+                s.resource_type or "-",
+                str(s.resource_id) if s.resource_type else "-",
+                s.detail or "-",
+            ]
+            for s in report.steps
+        ),
+        title="dry run: the pass would",
+    )
     if not report.steps:
         stdout_console().print("nothing to do")
     for err in report.errors:
@@ -368,6 +416,8 @@ def history(
     if as_json:
         print_json([r.to_json() for r in runs])
         return
+    from udx.cli.common import print_table, table  # pass history: not yet on write_table
+
     t = table("started", "host", "pid", "dry run", "duration", "result", "sagas", "errors")
     for r in runs:
         sagas = r.counts.get("sagas", {}) if isinstance(r.counts, dict) else {}

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from udx.cli.common import confirm, print_json, print_table, state, stdout_console, table
+from udx.cli.choices import SagaName, SagaState
+from udx.cli.common import choice_metavar, confirm, print_json, state, stdout_console
 
 if TYPE_CHECKING:
     from udx.db.engine import Database
@@ -39,6 +40,10 @@ def _executor(db: Database) -> SagaExecutor:
     )
 
 
+def _saga_names(incomplete: str) -> list[str]:
+    return [n.value for n in SagaName if n.value.startswith(incomplete)]
+
+
 def _result_json(r: SagaResult) -> dict[str, Any]:
     return {
         "saga_id": str(r.saga_id),
@@ -52,19 +57,36 @@ def _result_json(r: SagaResult) -> dict[str, Any]:
 
 @app.command("list")
 def list_(
-    states: list[str] = typer.Option(
-        [], "--state", help="Only these states: running, unwinding, done, abandoned (repeatable)."
+    states: list[SagaState] = typer.Option(
+        [],
+        "--state",
+        case_sensitive=False,
+        metavar=choice_metavar(SagaState),
+        help="Only sagas in this state (repeatable).",
     ),
     name: str | None = typer.Option(
-        None, "--name", help="Only sagas with this name (export-create, export-delete)."
+        None,
+        "--name",
+        metavar="NAME",
+        autocompletion=_saga_names,
+        help=f"Only sagas of this kind ({', '.join(n.value for n in SagaName)}, or any name "
+        "in the log).",
     ),
-    export_id: str | None = typer.Option(None, "--export", help="Only sagas of this export id."),
+    export_id: str | None = typer.Option(
+        None, "--export", metavar="EXPORT_ID", help="Only sagas of this export id."
+    ),
     since: str | None = typer.Option(
-        None, "--since", help="Only sagas created since: a duration back (30m, 2d) or a UTC time."
+        None,
+        "--since",
+        metavar="WHEN",
+        help="Only sagas created since: a duration back (30m, 2d) or a UTC time.",
     ),
-    limit: int = typer.Option(50, "--limit", min=1, help="At most this many, newest first."),
+    limit: int = typer.Option(
+        50, "--limit", min=1, metavar="N", help="At most this many, newest first."
+    ),
     all_: bool = typer.Option(False, "--all", help="Every matching saga (no --limit)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
     """List sagas in the log, newest first (50 unless --limit or --all)."""
     from udx.datastore import saga_log
@@ -85,7 +107,7 @@ def list_(
                 raise BadInput(f"unknown saga name {name!r}: expected one of {', '.join(known)}")
         sagas = saga_log.list_sagas(
             conn,
-            states=[s.strip().lower() for s in states],
+            states=[s.value for s in states],
             name=name,
             export_id=eid,
             since=after,
@@ -96,20 +118,36 @@ def list_(
     if as_json:
         print_json([{**s.to_json(), "export_id": exports_of[s.id]} for s in sagas])
         return
-    t = table("id", "name", "export", "state", "outcome", "created", "owner", "lease until")
-    for s in sagas:
-        active = s.saga_state in saga_log.ACTIVE_STATES
-        t.add_row(
-            str(s.id),
-            s.name,
-            exports_of[s.id] or "-",
-            s.saga_state,
-            s.outcome or "-",
-            _ts(s.time_created),
-            str(s.current_sec) if s.current_sec else "-",
-            _ts(s.lease_expires) if active else "-",
-        )
-    print_table(t, f"sagas ({len(sagas)})")
+    from udx.cli.tables import Column, fmt_time, write_table
+
+    columns = (
+        Column("id", key=True),
+        Column("name"),
+        Column("export", priority=2),
+        Column("state"),
+        Column("outcome"),
+        Column("created", priority=2),
+        Column("owner", priority=4),
+        Column("lease until", priority=3),
+    )
+    write_table(
+        columns,
+        (
+            [
+                str(s.id),
+                s.name,
+                exports_of[s.id] or "-",
+                s.saga_state,
+                s.outcome or "-",
+                fmt_time(s.time_created),
+                str(s.current_sec) if s.current_sec else "-",
+                fmt_time(s.lease_expires) if s.saga_state in saga_log.ACTIVE_STATES else "-",
+            ]
+            for s in sagas
+        ),
+        title="sagas",
+        headers=not no_headers,
+    )
 
 
 def _export_of(rec: Any) -> str | None:
@@ -124,7 +162,7 @@ def _export_of(rec: Any) -> str | None:
 
 @app.command("show")
 def show(
-    saga_id: str = typer.Argument(..., help="Saga id."),
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="Saga id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show one saga and its node events as a tree."""
@@ -182,7 +220,7 @@ def show(
 
 @app.command("resume")
 def resume(
-    saga_id: str = typer.Argument(..., help="Saga id."),
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="Saga id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Adopt one saga whose owner's lease expired and continue it from the log."""
@@ -221,15 +259,27 @@ def _report(results: list[SagaResult], as_json: bool) -> None:
     if not results:
         stdout_console().print("no saga needed recovery")
         return
-    t = table("saga", "name", "outcome", "failed node", "error")
-    for r in results:
-        t.add_row(str(r.saga_id), r.name, r.outcome, r.failed_node or "-", r.error or "-")
-    print_table(t, f"sagas ({len(results)})")
+    from udx.cli.tables import Column, write_table
+
+    write_table(
+        (
+            Column("saga", key=True),
+            Column("name"),
+            Column("outcome"),
+            Column("failed node", priority=2),
+            Column("error", priority=3),
+        ),
+        (
+            [str(r.saga_id), r.name, r.outcome, r.failed_node or "-", r.error or "-"]
+            for r in results
+        ),
+        title="saga results",
+    )
 
 
 @app.command("abandon")
 def abandon(
-    saga_id: str = typer.Argument(..., help="Saga id."),
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="Saga id."),
     reason: str = typer.Option(..., "--reason", help="Why (short, e.g. 'operator')."),
     comment: str = typer.Option(..., "--comment", help="What happened, for whoever reads the log."),
     force: bool = typer.Option(

@@ -39,6 +39,7 @@ from sqlalchemy import update as sql_update
 
 from udx.datastore.exports import resource_gone, rows_to_exports
 from udx.db.schema import image, snapshot, user_data_export
+from udx.db.types import utcnow
 from udx.domain.model import Changeset, ExportState, ResourceRef, ResourceType, UserDataExport
 from udx.jsonstream import Stream, iter_json
 
@@ -131,7 +132,9 @@ def compute(conn: Connection) -> Changeset:
     marked must not be created.
     """
     conn.execute(
-        sql_update(t).where(_UNMARKED, _NOT_DELETED, resource_gone()).values(resource_deleted=True)
+        sql_update(t)
+        .where(_UNMARKED, _NOT_DELETED, resource_gone())
+        .values(resource_deleted=True, time_modified=utcnow())
     )
     delete_required = _records(conn, _MARKED, _NOT_DELETED)
     create_required = _records(conn, _REQUESTED, _UNMARKED)
@@ -176,6 +179,13 @@ def preview(conn: Connection) -> Changeset:
 # tests/datastore/test_changeset.py compares the two paths byte for byte.
 
 _E = "user_data_export."  # preview's FROM: the table itself, not an alias
+
+
+def _time(column: str) -> str:
+    # json_time's form: UTC, microseconds, Z (both columns are NOT NULL).
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
 _ADDRESS = (
     f"CASE WHEN strpos({_E}pantry_ip, ':') > 0 THEN '[' || {_E}pantry_ip || ']:' "
     f"ELSE {_E}pantry_ip || ':' END || {_E}pantry_port::text"
@@ -195,6 +205,8 @@ _RECORD_JSON = literal_column(
     f""" || ', "pantry_ip": ' || coalesce(to_json({_E}pantry_ip)::text, 'null')"""
     f""" || ', "pantry_port": ' || coalesce({_E}pantry_port::text, 'null')"""
     f""" || ', "volume_id": ' || coalesce('"' || {_E}volume_id::text || '"', 'null')"""
+    f""" || ', "time_created": "' || {_time(_E + "time_created")} || '"'"""
+    f""" || ', "time_modified": "' || {_time(_E + "time_modified")} || '"'"""
     f""" || ', "pantry_address": ' || coalesce(to_json({_ADDRESS})::text, 'null')"""
     f""" || '}}'""",
     Text,

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from udx.datastore.resources import resource_table
 from udx.db.schema import image, snapshot, user_data_export
+from udx.db.types import utcnow
 from udx.domain.address import PantryAddress, format_address
 from udx.domain.errors import BadInput, Conflict, NotFound
 from udx.domain.model import ExportState, ResourceRef, ResourceType, UserDataExport
@@ -52,6 +53,8 @@ def row_to_export(row: Any) -> UserDataExport:
         pantry_ip=m["pantry_ip"],
         pantry_port=m["pantry_port"],
         volume_id=m["volume_id"],
+        time_created=m["time_created"],
+        time_modified=m["time_modified"],
     )
 
 
@@ -75,6 +78,8 @@ def rows_to_exports(rows: Iterable[Any]) -> list[UserDataExport]:
             pantry_ip=r[7],
             pantry_port=r[8],
             volume_id=r[9],
+            time_created=r[10],
+            time_modified=r[11],
         )
         for r in rows
     ]
@@ -159,6 +164,68 @@ def live_attachments(conn: Connection) -> Iterator[tuple[uuid.UUID, str | None, 
             yield r[0], r[1], r[2], r[3]
 
 
+# `udx export list --sort`: field -> ORDER BY columns (then id, for a stable order).
+SORT_FIELDS: dict[str, tuple[Any, ...]] = {
+    "resource": (t.c.resource_type, t.c.resource_id),
+    "id": (),
+    "state": (t.c.state,),
+    "created": (t.c.time_created,),
+    "modified": (t.c.time_modified,),
+    "pantry": (t.c.pantry_ip, t.c.pantry_port),
+    "generation": (t.c.generation,),
+}
+
+
+@dataclass
+class ExportPage:
+    records: list[UserDataExport]
+    total: int  # matching records before the limit
+
+
+def find_exports(
+    conn: Connection,
+    *,
+    states: Sequence[ExportState] = (),
+    resource_type: ResourceType | None = None,
+    resource_id: uuid.UUID | None = None,
+    pantry: PantryAddress | None = None,
+    modified_since: Any = None,
+    sort: str = "resource",
+    limit: int | None = None,
+) -> ExportPage:
+    """Records matching every filter given, in `sort` order. With `limit`, the
+    newest `limit` (by time_created) of them, still in `sort` order, and the
+    count of all that match. One statement, two with a limit."""
+    where: list[ColumnElement[bool]] = []
+    if states:
+        where.append(t.c.state.in_([s.value for s in states]))
+    if resource_type is not None:
+        where.append(t.c.resource_type == resource_type.value)
+    if resource_id is not None:
+        where.append(t.c.resource_id == resource_id)
+    if pantry is not None:
+        where.append(and_(t.c.pantry_ip == pantry.ip_text, t.c.pantry_port == pantry.port))
+    if modified_since is not None:
+        where.append(t.c.time_modified >= modified_since)
+    order = (*SORT_FIELDS[sort], t.c.id)
+    if limit is None:
+        rows = conn.execute(select(t).where(*where).order_by(*order)).all()
+        records = rows_to_exports(rows)
+        return ExportPage(records, len(records))
+    from sqlalchemy import func
+
+    newest = (
+        select(t.c.id)
+        .where(*where)
+        .order_by(t.c.time_created.desc(), t.c.id.desc())
+        .limit(limit)
+        .scalar_subquery()
+    )
+    rows = conn.execute(select(t).where(t.c.id.in_(newest)).order_by(*order)).all()
+    total = int(conn.execute(select(func.count()).select_from(t).where(*where)).scalar_one())
+    return ExportPage(rows_to_exports(rows), total)
+
+
 def count_by_state(conn: Connection) -> dict[ExportState, int]:
     from sqlalchemy import func
 
@@ -199,6 +266,7 @@ def create(
             f"{resource_type.value} {resource_id} already has export record {other.id} "
             f"in state {other.state.value}"
         )
+    now = utcnow()
     values = {
         "id": export_id,
         "state": S.REQUESTED.value,
@@ -210,6 +278,8 @@ def create(
         "pantry_ip": None,
         "pantry_port": None,
         "volume_id": None,
+        "time_created": now,
+        "time_modified": now,
     }
     try:
         with conn.begin_nested():
@@ -270,6 +340,7 @@ def request_many(
     out.gone = [ref for _, ref in requests if (ref.resource_type, ref.resource_id) not in live]
     if not wanted:
         return out
+    now = utcnow()
     rows = [
         {
             "id": eid,
@@ -278,6 +349,8 @@ def request_many(
             "resource_id": ref.resource_id,
             "resource_type": ref.resource_type.value,
             "resource_deleted": False,
+            "time_created": now,
+            "time_modified": now,
         }
         for eid, ref in wanted
     ]
@@ -332,7 +405,13 @@ _UNLOCKED_BELOW = (t.c.operating_saga_id.is_(None), t.c.generation < bindparam("
 
 
 def _update(*where: ColumnElement[bool], **values: Any) -> Any:
-    return update(t).where(t.c.id == bindparam("b_id"), *where).values(**values).returning(*t.c)
+    # Every transition stamps time_modified (b_now, given by _transition).
+    return (
+        update(t)
+        .where(t.c.id == bindparam("b_id"), *where)
+        .values(**values, time_modified=bindparam("b_now"))
+        .returning(*t.c)
+    )
 
 
 _START_ASSIGNING = _update(
@@ -398,7 +477,7 @@ def _transition(
     already_done: Any,
 ) -> UserDataExport:
     # RETURNING: the row as written, without a second round trip when it matched.
-    updated = conn.execute(stmt, {"b_id": export_id, **params}).first()
+    updated = conn.execute(stmt, {"b_id": export_id, "b_now": utcnow(), **params}).first()
     if updated is not None:
         return row_to_export(updated)
     row = get(conn, export_id)
@@ -552,7 +631,7 @@ def mark_for_deletion(conn: Connection, export_id: uuid.UUID) -> bool:
     result = conn.execute(
         update(t)
         .where(t.c.id == export_id, t.c.resource_deleted.is_(False))
-        .values(resource_deleted=True)
+        .values(resource_deleted=True, time_modified=utcnow())
     )
     if result.rowcount == 0 and get(conn, export_id) is None:
         raise NotFound(f"no export record with id {export_id}")
@@ -652,7 +731,7 @@ def mark_expunged_pantries(conn: Connection, in_service: Iterable[PantryAddress]
             t.c.resource_deleted.is_(False),
             t.c.state != S.DELETED.value,
         )
-        .values(resource_deleted=True)
+        .values(resource_deleted=True, time_modified=utcnow())
     )
     return int(result.rowcount)
 
@@ -668,7 +747,7 @@ def mark_lost(conn: Connection, export_ids: Sequence[uuid.UUID]) -> int:
             t.c.state == S.LIVE.value,
             t.c.resource_deleted.is_(False),
         )
-        .values(resource_deleted=True)
+        .values(resource_deleted=True, time_modified=utcnow())
     )
     return int(result.rowcount)
 

@@ -216,6 +216,12 @@ user_data_export = Table(
     Column("pantry_ip", Text, nullable=True),
     Column("pantry_port", Integer, nullable=True),
     Column("volume_id", GUID, nullable=True),
+    # Kept by udx on every insert and transition (migration 0005); the default is
+    # for rows other tools write.
+    Column("time_created", UTCDateTime, nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    Column(
+        "time_modified", UTCDateTime, nullable=False, server_default=text("CURRENT_TIMESTAMP")
+    ),
     CheckConstraint(
         "state IN ('requested', 'assigning', 'live', 'deleting', 'deleted')",
         name="user_data_export_state_valid",
@@ -230,6 +236,7 @@ user_data_export = Table(
     Index("lookup_export_by_resource_type", "resource_type"),
     Index("lookup_export_by_volume", "volume_id"),
     Index("lookup_export_by_state", "state"),
+    Index("lookup_export_by_time_created", "time_created"),
     Index(
         "one_export_record_per_resource",
         "resource_id",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +41,15 @@ class ResourceType(enum.StrEnum):
             raise BadInput(f"unknown resource type {text!r} (expected one of: {choices})") from None
 
 
+def json_time(value: dt.datetime | None) -> str | None:
+    """A time in JSON output: UTC, microseconds, Z (2026-12-02T00:27:15.123456Z)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_uuid(text: str | uuid.UUID, what: str = "id") -> uuid.UUID:
     """Parse a UUID given by a person; a clear BadInput when it is malformed."""
     if isinstance(text, uuid.UUID):
@@ -64,6 +74,9 @@ class UserDataExport:
     pantry_ip: str | None
     pantry_port: int | None
     volume_id: uuid.UUID | None
+    # Kept since schema 0005; None only for a record built without them.
+    time_created: dt.datetime | None = None
+    time_modified: dt.datetime | None = None
 
     @property
     def pantry_address(self) -> PantryAddress | None:
@@ -112,6 +125,8 @@ class UserDataExport:
             "pantry_ip": self.pantry_ip,
             "pantry_port": self.pantry_port,
             "volume_id": str(self.volume_id) if self.volume_id else None,
+            "time_created": json_time(self.time_created),
+            "time_modified": json_time(self.time_modified),
             "pantry_address": addr,
         }
 

@@ -107,6 +107,34 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self.server.sim._handle(self, "PATCH")
 
+    # Any other method gets the API's JSON error (405), not http.server's HTML 501.
+    def do_OPTIONS(self) -> None:
+        self.server.sim._handle(self, "OPTIONS")
+
+    def do_TRACE(self) -> None:
+        self.server.sim._handle(self, "TRACE")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (a malformed request line, an unknown method)
+        in the API's JSON shape."""
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # a method http.server has no do_ for
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed"
+        request_id = str(uuid.uuid4())
+        body = json.dumps(_error(request_id, message or _reason(code))).encode()
+        self.send_response(code, message)
+        self.send_header("x-request-id", request_id)
+        if code == HTTPStatus.METHOD_NOT_ALLOWED:
+            from udx.pantry.spec import allowed_methods
+
+            self.send_header("allow", ", ".join(allowed_methods(self.path.split("?")[0]) or []))
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.send_header("connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+        self.close_connection = True
+
 
 Reply = tuple[int, Any]  # (status, JSON body or None for an empty body)
 
@@ -306,6 +334,12 @@ class SimulatedPantry:
         except ValueError:
             length = 0
         raw = h.rfile.read(length) if length > 0 else b""
+        from udx.pantry.spec import allowed_methods
+
+        allowed = allowed_methods(path)
+        if allowed is not None and method not in allowed:  # the spec's 405, with Allow
+            h.send_error(HTTPStatus.METHOD_NOT_ALLOWED)
+            return
         op = _op_of(method, path)
         with self._lock:
             latency = self._latency if _applies(self._latency_ops, op) else 0.0
@@ -416,11 +450,15 @@ class SimulatedPantry:
             body = json.loads(raw or b"null")
         except (ValueError, UnicodeDecodeError) as err:
             return 400, _error(rid, f"unable to parse JSON body: {err}")
-        vcr = body.get("volume_construction_request") if isinstance(body, dict) else None
-        problem = _check_vcr(vcr)
+        # Checked against the spec's AttachRequest, as the pantry's deserializer
+        # does (a key's presence is not enough: `gen` must be an unsigned integer).
+        from udx.pantry.spec import check, request_schema
+
+        schema = request_schema(VOLUME_PREFIX + "{id}", "POST")
+        problem = check(schema, body) if schema is not None else _check_vcr(body)
         if problem:
             return 400, _error(rid, f"unable to parse JSON body: {problem}")
-        assert isinstance(vcr, dict)
+        vcr = body["volume_construction_request"]
         existing = self._attachments.get(volume_id)
         if existing is not None:
             if existing == vcr:
