@@ -63,8 +63,12 @@ INSERT INTO user_data_export (id, state, operating_saga_id, generation, resource
   VALUES (':eid', 'assigning', ':lock', 2, ':rid', 'snapshot', false);
 INSERT INTO volume (id, time_created, time_modified, rcgen, data)
   SELECT ':vid', now(), now(), 1, data FROM volume WHERE id = ':src';
-UPDATE region_snapshot SET volume_references = volume_references + 1
-  WHERE snapshot_addr = ANY (':addrs'::text[]);
+SELECT count(*) FROM region_snapshot WHERE snapshot_addr = ANY (':addrs'::text[]);
+INSERT INTO volume_resource_usage (usage_id, volume_id, usage_type, region_id,
+    region_snapshot_dataset_id, region_snapshot_region_id, region_snapshot_snapshot_id)
+  SELECT gen_random_uuid(), ':vid', usage_type, region_id, region_snapshot_dataset_id,
+         region_snapshot_region_id, region_snapshot_snapshot_id
+  FROM volume_resource_usage WHERE volume_id = ':src';
 INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) VALUES
   (':sid', 'generate_ids', 'succeeded', '{{}}', now(), ':sid'),
   (':sid', 'read_generation', 'succeeded', '{{}}', now(), ':sid'),
@@ -88,7 +92,8 @@ COMMIT;
 
 def prepare_database_bound(cluster: Any, dbname: str) -> int:
     """A copy of the template plus `bench_source`: seeded snapshot volumes and the
-    region-snapshot addresses a copy of each references."""
+    read-only target addresses a copy of each resolves (its usage rows are copied
+    from the source's, as the copy node writes one per resolved target)."""
     from sqlalchemy import select
 
     from udx.datastore.volumes import read_only_targets

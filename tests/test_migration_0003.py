@@ -94,8 +94,10 @@ def test_backfill_gives_every_live_volume_its_usage_rows(empty_db_url: str) -> N
             many = _old_region_snapshots(conn, 150, refs=1)  # and 50 more volumes
             for i in range(50):
                 _old_volume(conn, targets=[r["snapshot_addr"] for r in many[3 * i : 3 * i + 3]])
+        # Only 0003 is counted: the later migrations read other tables.
         with count_statements(db.engine) as log:
-            migrate.upgrade(db)
+            migrate.upgrade(db, "0003")
+        migrate.upgrade(db)
         assert migrate.status(db).up_to_date
         with db.connect() as conn:
             got = {v: volumes.usage_of(conn, v) for v in (source, copy, gone)}

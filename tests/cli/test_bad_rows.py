@@ -182,7 +182,7 @@ def test_two_spellings_of_one_ipv6_pantry_are_one_pantry(db: Database, cli: Udx)
     assert not [s for s in plan["steps"] if s["step"] == "1-expunged"]
 
     r = cli.ok("pantry", "expunge", "[::1]:17123", "--yes")
-    assert "expunged; 1 export record(s) on it" in r.stdout
+    assert "expunged; 1 export record on it" in r.stdout
     with db.connect() as conn:
         assert pantry_sql.in_service(conn) == []
         states = set(conn.execute(select(pantry.c.state)).scalars())
