@@ -6,44 +6,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from udx import seed
 from udx.datastore import exports, resources
-from udx.datastore import pantries as pantry_sql
 from udx.db.engine import Database
 from udx.db.schema import volume
-from udx.domain.model import ExportState, ResourceType, UserDataExport
-from udx.pantry.sim import SimulatedPantry, start_simulated_pantries
+from udx.domain.model import ExportState, UserDataExport
+from udx.pantry.sim import SimulatedPantry
 from udx.testing.invariants import check_invariants, dump_tables
 
 from .helpers import Udx, assert_one_line_error
-
-FAST = {
-    "UDX_PANTRY_REQUEST_TIMEOUT_SECS": "1",
-    "UDX_PANTRY_RETRY_BUDGET_SECS": "1",
-    "UDX_SAGA_LEASE_SECS": "5",
-}
-SNAP = ResourceType.SNAPSHOT
-
-
-@pytest.fixture
-def sims(db: Database) -> Iterator[list[SimulatedPantry]]:
-    started = start_simulated_pantries(2)
-    with db.begin() as conn:
-        for sim in started:
-            pantry_sql.add(conn, sim.address)
-    yield started
-    for sim in started:
-        sim.stop()
-
-
-@pytest.fixture
-def cli(udx: Udx) -> Udx:
-    udx.env.update(FAST)
-    return udx
+from .two_pantries import SNAP
 
 
 def record(db: Database, export_id: uuid.UUID | str) -> UserDataExport:

@@ -6,7 +6,6 @@ pantries."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,13 +14,12 @@ from sqlalchemy import update
 
 from udx import seed
 from udx.datastore import exports, saga_log
-from udx.datastore import pantries as pantry_sql
 from udx.db.engine import Database
 from udx.db.schema import saga
 from udx.db.types import utcnow
-from udx.domain.model import ExportState, ResourceType
+from udx.domain.model import ExportState
 from udx.pantry.inventory import DbInventory
-from udx.pantry.sim import SimulatedPantry, start_simulated_pantries
+from udx.pantry.sim import SimulatedPantry
 from udx.saga import SagaExecutor
 from udx.saga.executor import Checkpoint
 from udx.sagas import CREATE_SAGA, DELETE_SAGA
@@ -29,26 +27,7 @@ from udx.sagas.deps import ExportSagaDeps
 from udx.testing.invariants import check_invariants
 
 from .helpers import Udx, assert_one_line_error
-from .test_stuck_exports import FAST, requested_record, stuck_create
-
-SNAP = ResourceType.SNAPSHOT
-
-
-@pytest.fixture
-def sims(db: Database) -> Iterator[list[SimulatedPantry]]:
-    started = start_simulated_pantries(2)
-    with db.begin() as conn:
-        for sim in started:
-            pantry_sql.add(conn, sim.address)
-    yield started
-    for sim in started:
-        sim.stop()
-
-
-@pytest.fixture
-def cli(udx: Udx) -> Udx:
-    udx.env.update(FAST)
-    return udx
+from .test_stuck_exports import requested_record, stuck_create
 
 
 class Crash(Exception):

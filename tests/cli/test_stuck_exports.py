@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,43 +19,19 @@ from sqlalchemy import select
 
 from udx import seed
 from udx.datastore import exports, saga_log, volumes
-from udx.datastore import pantries as pantry_sql
 from udx.db.engine import Database
 from udx.db.schema import saga_node_event
 from udx.db.types import utcnow
-from udx.domain.model import ExportState, ResourceType, UserDataExport
+from udx.domain.model import ExportState, UserDataExport
 from udx.pantry.inventory import DbInventory
-from udx.pantry.sim import SimulatedPantry, start_simulated_pantries
+from udx.pantry.sim import SimulatedPantry
 from udx.saga import ActionContext, Node, SagaDefinition, SagaExecutor
 from udx.sagas import CREATE_SAGA
 from udx.sagas.deps import ExportSagaDeps
 from udx.testing.invariants import check_invariants
 
 from .helpers import Udx, assert_one_line_error
-
-FAST = {
-    "UDX_PANTRY_REQUEST_TIMEOUT_SECS": "1",
-    "UDX_PANTRY_RETRY_BUDGET_SECS": "1",
-    "UDX_SAGA_LEASE_SECS": "5",
-}
-SNAP = ResourceType.SNAPSHOT
-
-
-@pytest.fixture
-def sims(db: Database) -> Iterator[list[SimulatedPantry]]:
-    started = start_simulated_pantries(2)
-    with db.begin() as conn:
-        for sim in started:
-            pantry_sql.add(conn, sim.address)
-    yield started
-    for sim in started:
-        sim.stop()
-
-
-@pytest.fixture
-def cli(udx: Udx) -> Udx:
-    udx.env.update(FAST)
-    return udx
+from .two_pantries import SNAP
 
 
 def attachments(sims: list[SimulatedPantry]) -> dict[str, list[str]]:
