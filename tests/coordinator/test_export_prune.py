@@ -1,5 +1,5 @@
-"""`udx export prune` (issue 13): Deleted records retired before the cutoff go, in
-batches; nothing in another state, and no record that cannot be dated. Both
+"""`udx export prune` (issue 13): Deleted records retired before the cutoff (dated by
+the record's own time_modified) go, in batches; nothing in another state. Both
 engines; records reach Deleted through real passes with simulated pantries."""
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def _records(db) -> dict[uuid.UUID, ExportState]:
 
 @pytest.fixture
 def retired(db, registered, run_pass) -> dict[str, list[uuid.UUID]]:
-    """Deleted records: old ones (via a delete saga and bypassed), a recent one, an
-    undated one; and live and requested records whose resources are old."""
+    """Deleted records: old ones (via a delete saga and bypassed), recent ones (one
+    written without times); and live records whose resources are old."""
     with db.begin() as conn:
         refs = seed.seed_fleet(conn, snapshots=5, project_images=1)
     run_pass()
@@ -57,47 +57,25 @@ def retired(db, registered, run_pass) -> dict[str, list[uuid.UUID]]:
     recent = [live[s.resource_id].id for s in snaps[3:4]]
     month_ago = utcnow() - timedelta(days=40)
     with db.begin() as conn:
-        for s in snaps[:3]:  # retired a month ago: their snapshot and volume deleted then
-            conn.execute(
-                update(snapshot)
-                .where(snapshot.c.id == s.resource_id)
-                .values(time_deleted=month_ago)
-            )
-            conn.execute(
-                update(volume)
-                .where(volume.c.id == live[s.resource_id].volume_id)
-                .where(volume.c.time_deleted.is_not(None))
-                .values(time_deleted=month_ago)
-            )
-        conn.execute(update(image).where(image.c.id == img).values(time_deleted=month_ago))
-        # Dated by its volume's deletion (its resource is still live: its pantry went).
-        by_volume = uuid.uuid4()
-        vid = uuid.uuid4()
+        # Retired a month ago (through a delete saga, and bypassed from Requested).
         conn.execute(
-            volume.insert().values(
-                id=vid,
-                time_created=month_ago,
-                time_modified=month_ago,
-                time_deleted=month_ago,
-                data="{}",
-            )
+            update(user_data_export)
+            .where(user_data_export.c.id.in_([*old, bypassed.id]))
+            .values(time_modified=month_ago)
         )
+        # Old resource and volume times do not date a record, nor under records
+        # that are not Deleted: only the record's own time does.
+        conn.execute(update(snapshot).values(time_created=month_ago, time_deleted=month_ago))
+        conn.execute(update(image).values(time_deleted=month_ago))
+        conn.execute(update(volume).values(time_created=month_ago))
+        conn.execute(
+            update(volume).where(volume.c.time_deleted.is_not(None)).values(time_deleted=month_ago)
+        )
+        # Written by another tool without times: the server default dates it now.
+        by_default = uuid.uuid4()
         conn.execute(
             user_data_export.insert().values(
-                id=by_volume,
-                state="deleted",
-                generation=3,
-                resource_id=snaps[4].resource_id,
-                resource_type="snapshot",
-                resource_deleted=True,
-                volume_id=vid,
-            )
-        )
-        # A Deleted record nothing dates: its resource row is gone, it has no volume.
-        undated = uuid.uuid4()
-        conn.execute(
-            user_data_export.insert().values(
-                id=undated,
+                id=by_default,
                 state="deleted",
                 generation=3,
                 resource_id=uuid.uuid4(),
@@ -105,15 +83,9 @@ def retired(db, registered, run_pass) -> dict[str, list[uuid.UUID]]:
                 resource_deleted=True,
             )
         )
-        # Old times under records that are not Deleted must not matter.
-        conn.execute(update(snapshot).values(time_created=month_ago))
-        conn.execute(
-            update(volume).where(volume.c.time_deleted.is_(None)).values(time_created=month_ago)
-        )
     return {
-        "old": [*old, bypassed.id, by_volume],
-        "recent": recent,
-        "undated": [undated],
+        "old": [*old, bypassed.id],
+        "recent": [*recent, by_default],
         "kept": [r.id for r in live.values() if r.id not in old + recent],
     }
 
@@ -121,12 +93,12 @@ def retired(db, registered, run_pass) -> dict[str, list[uuid.UUID]]:
 def test_prune_removes_old_deleted_records_only(db, registered, retired) -> None:
     cutoff = utcnow() - timedelta(days=30)
     with db.connect() as conn:
-        assert retention.count_records(conn, cutoff).records == 5
+        assert retention.count_records(conn, cutoff).records == 4
     done = retention.prune_records(db, cutoff, batch=3)
-    assert done.records == 5 and done.batches == 2
+    assert done.records == 4 and done.batches == 2
     left = _records(db)
     assert not set(retired["old"]) & set(left)
-    for key in ("recent", "undated", "kept"):
+    for key in ("recent", "kept"):
         assert set(retired[key]) <= set(left), key
     assert left[retired["recent"][0]] is ExportState.DELETED
     assert retention.prune_records(db, cutoff).records == 0
@@ -140,10 +112,10 @@ def udx(tmp_path: Path, db_url: str) -> Udx:
 
 def test_export_prune_cli_and_pass(udx: Udx, db, registered, retired) -> None:
     r = udx.ok("export", "prune", "--dry-run", "--json")
-    assert json.loads(r.stdout)["records"] == 5
-    assert len(_records(db)) == 9  # 6 + bypassed + by volume + undated: nothing removed
+    assert json.loads(r.stdout)["records"] == 4
+    assert len(_records(db)) == 8  # 6 + bypassed + written by another tool: none removed
     r = udx.ok("export", "prune", "--older-than", "1h", "--dry-run")
-    assert "would remove 5 Deleted records" in r.stdout
+    assert "would remove 4 Deleted records" in r.stdout
     # The pass prunes them when asked (sagas too: none is that old here).
     env = {"UDX_PANTRY_REQUEST_TIMEOUT_SECS": "1", "UDX_PANTRY_RETRY_BUDGET_SECS": "1"}
     r = udx("pass", "--prune-older-than", "30d", env=env)
@@ -151,5 +123,5 @@ def test_export_prune_cli_and_pass(udx: Udx, db, registered, retired) -> None:
     assert "Deleted records pruned" in r.stdout
     left = _records(db)
     assert not set(retired["old"]) & set(left)
-    assert set(retired["recent"] + retired["undated"] + retired["kept"]) <= set(left)
+    assert set(retired["recent"] + retired["kept"]) <= set(left)
     assert udx("export", "prune", "--older-than", "0s").exit_code == 2

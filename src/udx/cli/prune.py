@@ -77,9 +77,8 @@ def export_prune(
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would go; remove nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the count as JSON."),
 ) -> None:
-    """Remove Deleted export records, in short batches. A record is dated by its
-    volume's deletion (delete saga) or its resource's (bypassed from Requested);
-    one that cannot be dated is kept. No other state is ever removed."""
+    """Remove Deleted export records, in short batches. A record is dated by the
+    time it became Deleted (its time_modified). No other state is ever removed."""
     from udx.datastore import retention
     from udx.db.types import utcnow
     from udx.domain.times import parse_duration

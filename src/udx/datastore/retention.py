@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, not_, or_, select
 
-from udx.db.schema import image, saga, saga_node_event, snapshot, user_data_export, volume
+from udx.db.schema import saga, saga_node_event, user_data_export
 from udx.domain.errors import BadInput
 
 if TYPE_CHECKING:
@@ -136,31 +136,15 @@ def prune_sagas(
 
 # --- Deleted records -------------------------------------------------------------------
 #
-# A Deleted record is dated by what retired it: its volume's soft-deletion (the
-# delete saga's last step but one, while that row is kept) or its resource's
-# soft-deletion (what sends most records to deletion, bypassed ones included). A
-# record with neither (a live resource whose pantry went, and the volume row
-# removed; or a resource row removed outright) cannot be dated yet and is kept:
-# the record's own times (issue 15) will date every one.
+# A Deleted record is dated by its own `time_modified`: every transition writes it
+# and Deleted is final, so it is the time the record was retired. Records that were
+# already Deleted when migration 0005 added the column carry the upgrade's time, a
+# later date than their true one: they are kept a little longer, never pruned early.
 
 
 def _retired_before(cutoff: dt.datetime) -> ColumnElement[bool]:
     t = user_data_export
-    volume_deleted = (
-        select(volume.c.time_deleted).where(volume.c.id == t.c.volume_id).scalar_subquery()
-    )
-    snapshot_deleted = (
-        select(snapshot.c.time_deleted)
-        .where(snapshot.c.id == t.c.resource_id, t.c.resource_type == "snapshot")
-        .scalar_subquery()
-    )
-    image_deleted = (
-        select(image.c.time_deleted)
-        .where(image.c.id == t.c.resource_id, t.c.resource_type == "image")
-        .scalar_subquery()
-    )
-    retired = func.coalesce(volume_deleted, snapshot_deleted, image_deleted)
-    return and_(t.c.state == "deleted", retired < cutoff)
+    return and_(t.c.state == "deleted", t.c.time_modified < cutoff)
 
 
 def count_records(conn: Connection, cutoff: dt.datetime) -> PruneCount:
