@@ -2,8 +2,9 @@
 
 Reads the record, the saga holding its lock (one lookup by lock id in
 `export_saga_lock`), the export's latest saga, the pantry's own view of the
-volume, the volume row, and the resource's earlier records; ends with one
-verdict and the command to run. `needs_person` is false when the export is
+volume, the volume row and its usage rows (checked as the invariant checker
+checks them: `volumes.usage_problems`), and the resource's earlier records;
+ends with one verdict and the command to run. `needs_person` is false when the export is
 healthy or the next pass will take it further on its own.
 """
 
@@ -153,11 +154,13 @@ def diagnose(
             picked = _saga_output(holder_events, "pick_pantry")
             pantry_text = picked if isinstance(picked, str) else None
         if volume_id is not None:
-            row = volumes.get(conn, volume_id)
+            # The usage rows, checked as the invariant checker checks them.
+            use = volumes.volume_usage(conn, volume_id)
             d.volume = {
                 "id": str(volume_id),
-                "exists": row is not None,
-                "deleted": row is not None and row.time_deleted is not None,
+                "exists": use is not None,
+                "deleted": use is not None and not use.live,
+                "usage": use.to_json() if use is not None else None,
             }
     if pantry_text is not None and volume_id is not None:
         d.pantry_view = _pantry_view(inventory, pantry_text, volume_id, timeout, transport)
@@ -273,6 +276,21 @@ def _conclude(d: Diagnosis) -> None:
         return
     # Live.
     view = d.pantry_view or {}
+    usage = (d.volume or {}).get("usage") or {}
+    if usage and not usage["exact"] and not (d.volume or {}).get("deleted"):
+        # Storage it reads could be freed under it (a missing row) or pinned
+        # forever (a stray one); the delete saga refuses a target with no row.
+        d.needs_person = True
+        d.next_pass = (
+            "run the delete saga (it refuses a read-only target with no usage row)"
+            if rec.resource_deleted
+            else "nothing"
+        )
+        problems = usage["problems"]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        d.verdict = f"live, but the usage rows of its volume are not exact: {problems[0]}{more}"
+        d.command = f"udx volume show {rec.volume_id}"
+        return
     if rec.resource_deleted:
         d.next_pass = "run the delete saga"
         d.verdict = "marked for deletion: the next pass deletes it"

@@ -95,7 +95,7 @@ def test_diagnose_requested_live_lost_marked_deleted(
     by_res = cli(
         "export", "diagnose", "--resource-type", "snapshot", "--resource-id", str(rec.resource_id)
     )
-    assert by_res.exit_code == 0 and f"export {eid}" in by_res.stdout
+    assert by_res.exit_code == 0 and f"id                   {eid}" in by_res.stdout
 
     # The pantry restarted and lost it: the next pass re-exports it by itself.
     holder = next(s for s in sims if s.address == rec.pantry_address)
@@ -399,3 +399,95 @@ def test_metrics_file_has_the_system_gauges(
     assert "udx_saga_oldest_running_age_seconds 0" in text
     assert 'udx_records{state="live"} 1' in text and 'udx_records{state="assigning"} 1' in text
     assert "udx_pass_duration_seconds " in text
+
+
+# --- diagnose: the volume's usage rows ------------------------------------------------------
+
+
+def test_diagnose_shows_the_usage_rows_and_flags_them_when_not_exact(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    from sqlalchemy import delete, insert, select
+
+    from udx.db.schema import volume_resource_usage as usage
+
+    eid = requested_record(db)
+    cli.ok("pass")
+    vid = exports_get(db, eid).volume_id
+    assert vid is not None
+    d = diagnose(cli, eid, 0)
+    use = d["volume"]["usage"]
+    assert use["exact"] is True and use["problems"] == []
+    assert use["targets"] and all(t["usage_rows"] == 1 for t in use["targets"])
+    assert sum(r["count"] for r in use["rows"]) == len(use["targets"])
+    with db.connect() as conn:
+        held = conn.execute(select(usage).where(usage.c.volume_id == vid)).all()
+    assert len(held) == len(use["targets"])
+    # Piped: one `name  value` line each; the usage summary says exact.
+    out = cli.ok("export", "diagnose", str(eid), env={"TTY_COMPATIBLE": "0"}).stdout
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("usage ")]
+    assert line.split()[1] == "exact:" and f"{len(held)} usage row(s)" in line
+    assert sum(ln.startswith("read-only target ") for ln in out.splitlines()) == len(held)
+    # On a terminal 80 wide, no colour: the volume id whole, no escape sequences.
+    tty = {"TTY_COMPATIBLE": "1", "COLUMNS": "80", "NO_COLOR": "1"}
+    out = cli.ok("export", "diagnose", str(eid), env=tty).stdout
+    assert "\x1b" not in out and str(vid) in out and "exact:" in out
+
+    # A missing row: storage could be freed under the export. Flagged, exit 1.
+    first = held[0]
+    with db.begin() as conn:
+        conn.execute(delete(usage).where(usage.c.usage_id == first.usage_id))
+    d = diagnose(cli, eid, 1)
+    assert d["volume"]["usage"]["exact"] is False
+    assert "not exact" in d["verdict"] and "has 0 usage rows, not 1" in d["verdict"]
+    assert d["command"] == f"udx volume show {vid}"
+    assert "NOT exact" in cli("export", "diagnose", str(eid)).stdout
+
+    # Two rows for one resource (wrong count), then back to one: healthy again.
+    row = dict(first._mapping)
+    with db.begin() as conn:
+        conn.execute(insert(usage), [{**row, "usage_id": uuid.uuid4()} for _ in range(2)])
+    d = diagnose(cli, eid, 1)
+    assert "has 2 usage rows, not 1" in d["verdict"]
+    with db.begin() as conn:
+        conn.execute(delete(usage).where(usage.c.volume_id == vid))
+        conn.execute(insert(usage), [dict(r._mapping) for r in held])
+    assert diagnose(cli, eid, 0)["verdict"].startswith("healthy")
+
+    # A row for a resource the volume's data does not name (it pins it forever).
+    stray = {**row, "usage_id": uuid.uuid4(), "volume_id": vid, "usage_type": "read_only_region",
+             "region_id": uuid.uuid4(), "region_snapshot_dataset_id": None,
+             "region_snapshot_region_id": None, "region_snapshot_snapshot_id": None}
+    with db.begin() as conn:
+        conn.execute(insert(usage), [stray])
+    d = diagnose(cli, eid, 1)
+    assert "which its data does not name" in d["verdict"]
+    out = cli("export", "diagnose", str(eid)).stdout
+    assert "(its data does not name it)" in out and str(stray["region_id"]) in out
+    # The same lines as the invariant checker's.
+    problems = [p for p in check_invariants(db) if str(vid) in p]
+    assert problems == d["volume"]["usage"]["problems"]
+    # Marked for deletion it is still flagged: a person should look first.
+    with db.begin() as conn:
+        exports.mark_for_deletion(conn, eid)
+    assert diagnose(cli, eid, 1)["next_pass"].startswith("run the delete saga")
+
+
+def test_diagnose_shows_the_usage_of_a_create_sagas_copy(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    eid = requested_record(db)
+    sid = crash_at(db, "export-create", {"export_id": str(eid)}, "attach")
+    d = diagnose(cli, eid, 0)
+    vol = d["volume"]
+    assert vol["exists"] and not vol["deleted"] and vol["usage"]["exact"] is True
+    assert vol["usage"]["targets"]
+    expire_lease(db, sid)
+    cli.ok("saga", "abandon", str(sid), "--reason", "r", "--comment", "c", "--yes")
+    cli.ok("export", "release", str(eid), "--saga", str(sid), "--yes")
+    # Released: the copy was given back, with no usage rows left.
+    with db.connect() as conn:
+        from udx.datastore import volumes
+
+        use = volumes.volume_usage(conn, uuid.UUID(vol["id"]))
+    assert use is not None and not use.live and use.exact and not use.held

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -117,13 +117,13 @@ def diagnose(
 
 
 def _render_diagnosis(d: object) -> None:
-    from udx.cli.common import print_table, table
+    from udx.cli.tables import fmt_time, write_fields
     from udx.diagnose import Diagnosis
 
     assert isinstance(d, Diagnosis)
     rec = d.record
-    t = table("field", "value", title=f"export {rec.id}")
     rows: list[tuple[str, str]] = [
+        ("id", str(rec.id)),  # piped, write_fields prints no title
         ("state", rec.state.value),
         ("resource", f"{rec.resource_type.value} {rec.resource_id}"),
         ("generation", str(rec.generation)),
@@ -134,7 +134,7 @@ def _render_diagnosis(d: object) -> None:
     for key in ("time_created", "time_modified"):
         value = getattr(rec, key, None)
         if value is not None:
-            rows.append((key.replace("_", " "), value.strftime("%Y-%m-%dT%H:%M:%SZ")))
+            rows.append((key.replace("_", " "), fmt_time(value)))
     h = d.holder
     if h is not None:
         s = h.saga
@@ -170,6 +170,8 @@ def _render_diagnosis(d: object) -> None:
             seen = "attached" if v.get("attached") else "not attached"
             if v.get("attached"):
                 seen += ", active" if v.get("active") else ", not active"
+        elif v.get("in_service") is False:
+            seen = "not asked"
         else:
             seen = f"does not answer ({v.get('error')})"
         service = {True: "in service", False: "NOT in service", None: "unknown"}[
@@ -177,31 +179,47 @@ def _render_diagnosis(d: object) -> None:
         ]
         rows.append(("pantry's view", f"{v['pantry']} ({service}): volume {seen}"))
     if d.volume is not None:
-        vol = d.volume
-        rows.append(
-            (
-                "volume row",
-                f"{vol['id']} "
-                + (
-                    "(missing)"
-                    if not vol["exists"]
-                    else "(deleted)"
-                    if vol["deleted"]
-                    else "(live)"
-                ),
-            )
-        )
+        rows += _volume_rows(d.volume)
     for r in d.history:
         rows.append(("earlier record", f"{r.id} {r.state.value} generation {r.generation}"))
     rows.append(("next pass", d.next_pass))
-    for k, val in rows:
-        t.add_row(k, val)
-    print_table(t, f"export {rec.id}")
-    console = stdout_console()
+    write_fields(f"export {rec.id}", rows)
     verdict = f"verdict: {d.verdict}"
     if d.command:
         verdict += f"  ->  {d.command}"
-    console.print(verdict, markup=False)
+    stdout_console().print(verdict, markup=False, soft_wrap=True)
+
+
+def _volume_rows(vol: dict[str, Any]) -> list[tuple[str, str]]:
+    """The volume row and its usage (volume_resource_usage), one field each."""
+    from udx.cli.volume import resource_text
+
+    state_text = "missing" if not vol["exists"] else "deleted" if vol["deleted"] else "live"
+    rows = [("volume row", f"{vol['id']} ({state_text})")]
+    usage = vol.get("usage")
+    if usage is None:
+        return rows
+    targets, held = usage["targets"], usage["rows"]
+    n_rows = sum(int(r["count"]) for r in held)
+    summary = f"{len(targets)} read-only target(s), {n_rows} usage row(s)"
+    rows.append(("usage", ("exact: " if usage["exact"] else "NOT exact: ") + summary))
+    for t in targets:
+        rows.append(
+            (
+                "read-only target",
+                f"{t['target']} -> {resource_text(t['resolves_to'])}: "
+                f"{t['usage_rows']} usage row(s)",
+            )
+        )
+    named = [t["resolves_to"] for t in targets if t["resolves_to"] is not None]
+    for r in held:
+        key = {k: v for k, v in r.items() if k != "count"}
+        if key not in named:
+            stray = f"{resource_text(key)} x{r['count']} (its data does not name it)"
+            rows.append(("usage row", stray))
+    for problem in usage["problems"]:
+        rows.append(("usage problem", problem))
+    return rows
 
 
 def _pantry_cell(rec: UserDataExport) -> str:

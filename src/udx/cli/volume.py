@@ -23,7 +23,8 @@ def _time(value: Any) -> str:
     return dt.datetime.fromisoformat(value).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _resource(res: dict[str, Any] | None) -> str:
+def resource_text(res: dict[str, Any] | None) -> str:
+    """A read-only resource as its JSON names it, in words (also used by diagnose)."""
     if res is None:
         return "-"
     if res["type"] == "region_snapshot":
@@ -113,7 +114,9 @@ def show(
     if info["targets"]:
         t = table("target", "resolves to", "usage row", title="read-only targets")
         for tgt in info["targets"]:
-            resolved = _resource(tgt["resolves_to"]) + (" (deleting)" if tgt["deleting"] else "")
+            resolved = resource_text(tgt["resolves_to"])
+            if tgt["deleting"]:
+                resolved += " (deleting)"
             t.add_row(
                 tgt["target"],
                 tgt["problem"] or resolved,
@@ -124,7 +127,7 @@ def show(
     if strays:
         t = table("usage id", "resource", title="usage rows its data does not name")
         for u in strays:
-            t.add_row(u["usage_id"], _resource(u))
+            t.add_row(u["usage_id"], resource_text(u))
         print_table(t, "usage rows its data does not name")
     if info["resources_to_clean_up_error"]:
         stdout_console().print(f"resources to clean up: {info['resources_to_clean_up_error']}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -528,6 +529,93 @@ def check_usage(conn: Connection, volume_id: uuid.UUID) -> int:
 def _missing_text(volume_id: uuid.UUID, missing: Mapping[str, ReadOnlyResource]) -> str:
     return _problem_text(
         volume_id, {t: f"({r}) has no usage row for this volume" for t, r in missing.items()}
+    )
+
+
+def usage_problems(
+    volume_id: uuid.UUID,
+    resolved: Mapping[str, ReadOnlyResource],
+    held: Counter[ReadOnlyResource],
+    *,
+    live: bool = True,
+) -> list[str]:
+    """What "exact" usage means for one volume (the invariant checker and
+    `udx export diagnose` both ask this): a live volume has exactly one usage row
+    per resource its resolved read-only targets name and none other; a
+    soft-deleted one has none. `held` counts its usage rows by resource."""
+    if not live:
+        n = sum(held.values())
+        return [f"soft-deleted volume {volume_id} still has {n} usage rows"] if n else []
+    lines = []
+    for target, resource in sorted(resolved.items()):
+        if held[resource] != 1:
+            lines.append(
+                f"volume {volume_id}: read-only target {target} ({resource}) has "
+                f"{held[resource]} usage rows, not 1"
+            )
+    for resource in sorted(set(held) - set(resolved.values()), key=str):
+        lines.append(f"volume {volume_id}: usage row for {resource}, which its data does not name")
+    return lines
+
+
+@dataclass(frozen=True)
+class VolumeUsage:
+    """One volume's usage as `udx export diagnose` shows it: each read-only
+    target, the resource it resolves to and how many usage rows name that
+    resource; every usage row's resource with its count; and the problems
+    (empty when the usage is exact)."""
+
+    volume_id: uuid.UUID
+    live: bool
+    targets: list[tuple[str, ReadOnlyResource | None, int]]
+    held: Counter[ReadOnlyResource]
+    problems: list[str]
+
+    @property
+    def exact(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exact": self.exact,
+            "targets": [
+                {
+                    "target": t,
+                    "resolves_to": resource_json(r) if r is not None else None,
+                    "usage_rows": n,
+                }
+                for t, r, n in self.targets
+            ],
+            "rows": [
+                {**resource_json(r), "count": n}
+                for r, n in sorted(self.held.items(), key=lambda kv: kv[0].sort_key())
+            ],
+            "problems": self.problems,
+        }
+
+
+def volume_usage(conn: Connection, volume_id: uuid.UUID) -> VolumeUsage | None:
+    """The usage rows of one volume checked against its data (None: no such
+    volume). Three statements: the row, its usage rows, the target resolution."""
+    row = get(conn, volume_id)
+    if row is None:
+        return None
+    held: Counter[ReadOnlyResource] = Counter(r for _uid, r in usage_rows_of(conn, volume_id))
+    live = row.time_deleted is None
+    if not live:
+        gone = usage_problems(volume_id, {}, held, live=False)
+        return VolumeUsage(volume_id, False, [], held, gone)
+    try:
+        vcr = row.request
+        addrs = read_only_targets(vcr)
+    except VolumeDataError as err:
+        bad = [f"volume {volume_id}: unreadable data ({err})"]
+        return VolumeUsage(volume_id, True, [], held, bad)
+    by_volume, unresolved = resolve_many(conn, {volume_id: vcr})
+    resolved = by_volume.get(volume_id, {})
+    targets = [(t, resolved.get(t), held[resolved[t]] if t in resolved else 0) for t in addrs]
+    return VolumeUsage(
+        volume_id, True, targets, held, unresolved + usage_problems(volume_id, resolved, held)
     )
 
 

@@ -118,20 +118,11 @@ def check_volume_accounting(db: Database) -> list[str]:
 
     for vid, counts in sorted(held.items(), key=lambda kv: str(kv[0])):
         if vid in deleted:
-            n = sum(counts.values())
-            problems.append(f"soft-deleted volume {vid} still has {n} usage rows")
+            problems += volumes.usage_problems(vid, {}, counts, live=False)
         elif vid not in live:
             problems.append(f"usage rows of volume {vid}, which does not exist")
     for vid, by_target in resolved.items():
-        counts = held.get(vid, Counter())
-        for target, resource in sorted(by_target.items()):
-            if counts[resource] != 1:
-                problems.append(
-                    f"volume {vid}: read-only target {target} ({resource}) has "
-                    f"{counts[resource]} usage rows, not 1"
-                )
-        for resource in sorted(set(counts) - set(by_target.values()), key=str):
-            problems.append(f"volume {vid}: usage row for {resource}, which its data does not name")
+        problems += volumes.usage_problems(vid, by_target, held.get(vid, Counter()))
 
     used = {r for counts in held.values() for r in counts}
     listed_regions = {r for _vid, c in cleanup_lists for r in c.regions}
