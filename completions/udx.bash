@@ -72,7 +72,7 @@ _udx_table() {
         "changeset") words="--json -h --help"; value_opts="" ;;
         "config") words="init show -h --help"; value_opts="" ;;
         "config init") words="--force -h --help"; value_opts="" ;;
-        "config show") words="--json -h --help"; value_opts="" ;;
+        "config show") words="--json --no-headers -h --help"; value_opts="" ;;
         "db") words="init seed status upgrade -h --help"; value_opts="" ;;
         "db init") words="-h --help"; value_opts="" ;;
         "db seed") words="--snapshots --project-images --silo-images --deleted --seed -h --help"; value_opts="--snapshots --project-images --silo-images --deleted --seed" ;;

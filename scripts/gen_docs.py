@@ -26,7 +26,7 @@ import typer  # noqa: E402
 from udx import __version__  # noqa: E402
 from udx.cli.examples import split as split_examples  # noqa: E402
 from udx.cli.main import app  # noqa: E402
-from udx.config import SECTIONS, Settings  # noqa: E402
+from udx.config import Settings, env_var, setting_fields  # noqa: E402
 
 HIDDEN_OPTIONS = {"--install-completion", "--show-completion"}
 # A fixed date keeps the output reproducible; bump it with the version.
@@ -266,16 +266,19 @@ def _environment() -> list[tuple[str, str]]:
         ("UDX_CONFIG", "The config file, as --config."),
     ]
     defaults = Settings()
-    for section in SECTIONS:
-        for key, value in vars(getattr(defaults, section)).items():
-            name = f"UDX_{section.upper()}_{key.upper()}"
-            if name == "UDX_DATABASE_URL":
-                continue  # listed above
-            if isinstance(value, list):
-                text = f"[{section}] {key}, comma-separated (default none)."
-            else:
-                text = f"[{section}] {key} (default {value})."
-            out.append((name, text))
+    for section, f in setting_fields():
+        key = f.name
+        value = getattr(getattr(defaults, section), key)
+        name = env_var(section, key)
+        if name == "UDX_DATABASE_URL":
+            continue  # listed above
+        meaning = f.metadata["doc"]
+        unit = f" {f.metadata['unit']}" if f.metadata.get("unit") else ""
+        if isinstance(value, list):
+            text = f"[{section}] {key}: {meaning}; comma-separated (default none)."
+        else:
+            text = f"[{section}] {key}: {meaning} (default {value!r}{unit})."
+        out.append((name, text))
     out += [
         ("NO_COLOR", "Set and not empty: no colour or style escapes at all."),
         ("TTY_COMPATIBLE", "1 or 0: write as on a terminal or as piped, whatever stdout is."),
@@ -316,6 +319,11 @@ JSON_SHAPES = {
     " reachable, latency_ms, error, volumes_attached, live_exports, missing_on_pantry and"
     " extra_on_pantry (volume ids, or null when not checked).",
     "pantry affected": f"An object: in_service (addresses), pantry, count, records ({_RECORD}).",
+    "config show": "An object: config_path (the file read, or null) and settings, a list of"
+    " objects, one per key in file order: key (\"section.key\"), value (the effective value;"
+    " a database password masked), unit (\"seconds\", \"sagas\", ... or null), source"
+    " (default, file, environment or flag) and from (the file's path, the variable's name or"
+    " the option, e.g. --db; null for a default).",
     "saga list": "A list of saga objects: id, name, saga_state, outcome, creator, params,"
     " current_sec, adopt_generation, the times, abandon_reason and abandon_comment.",
     "saga show": "The saga object with events: node_id, event_type, time and data.",

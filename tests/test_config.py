@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -150,14 +151,9 @@ def test_write_settings_round_trip(tmp_path: Path) -> None:
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     data = tomllib.loads(target.read_text())
     assert set(data) == {"database", "coordinator", "pantry", "saga"}
+    # Values other than the defaults are set; defaults are commented out.
     assert set(data["pantry"]) == {
-        "source",
-        "addresses",
-        "dns_zone",
-        "dns_servers",
-        "request_timeout_secs",
-        "retry_budget_secs",
-        "slow_status_secs",
+        "source", "addresses", "request_timeout_secs", "retry_budget_secs"
     }
     assert data["database"]["url"] == src.database.url  # not masked in the file
     again = load_settings(target, environ={})
@@ -170,8 +166,90 @@ def test_write_settings_round_trip(tmp_path: Path) -> None:
     write_settings(Settings(), target, overwrite=True)
     fresh = load_settings(target, environ={})
     assert fresh.coordinator.concurrency == 8
-    assert fresh.database.url.startswith("sqlite:///")  # the default, written out
+    assert fresh.database.url == ""  # the default: the embedded file, wherever it is then
     assert list(tmp_path.glob("out/*.tmp")) == []
+
+
+def test_written_file_is_commented_and_loads_back_to_the_defaults(tmp_path: Path) -> None:
+    """`udx config init`'s file: every key of every section with its meaning, unit
+    and variable, commented out at its default; loaded, it is the defaults; with
+    every "#key = value" line uncommented, it is still the defaults."""
+    from udx.config import env_var, render_settings, setting_fields
+
+    text = render_settings(Settings())
+    target = write(tmp_path, text)
+    loaded = load_settings(target, environ={})
+    defaults = Settings()
+    for section in ("database", "coordinator", "pantry", "saga"):
+        assert getattr(loaded, section) == getattr(defaults, section)
+    assert all(loaded.source_of(s, f.name).kind == "default" for s, f in setting_fields())
+    lines = text.splitlines()
+    section = None
+    seen = []
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            section = line.strip("[]")
+        m = re.fullmatch(r"#([a-z_]+) = .*", line)
+        if m is None:
+            continue
+        key = m.group(1)
+        seen.append((section, key))
+        comment = []
+        j = i - 1
+        while j >= 0 and lines[j].startswith("# "):
+            comment.insert(0, lines[j][2:])
+            j -= 1
+        said = " ".join(comment)
+        f = dict((f.name, f) for s, f in setting_fields() if s == section)[key]
+        assert f.metadata["doc"].split(";")[0][:30] in said, (section, key, said)
+        assert env_var(section, key) in said, (section, key)
+        if f.metadata.get("unit"):
+            assert f.metadata["unit"] in said, (section, key, said)
+    assert seen == [(s, f.name) for s, f in setting_fields()]
+    uncommented = re.sub(r"(?m)^#([a-z_]+ = )", r"\1", text)
+    every = load_settings(write(tmp_path, uncommented, "all.toml"), environ={})
+    for section in ("database", "coordinator", "pantry", "saga"):
+        assert getattr(every, section) == getattr(defaults, section)
+    assert all(every.source_of(s, f.name).kind == "file" for s, f in setting_fields())
+
+
+def test_every_setting_has_a_meaning() -> None:
+    """A key added without its one-line meaning fails here (and `config init`
+    refuses to write a file without it)."""
+    from dataclasses import field, make_dataclass
+
+    import udx.config as config
+    from udx.config import render_settings, setting_fields
+
+    for section, f in setting_fields():
+        doc = f.metadata.get("doc", "")
+        assert doc and doc[0].isupper() and "\n" not in doc, (section, f.name)
+        assert not doc.endswith("."), (section, f.name)  # the writer adds the stop
+    documented = field(default=1.0, metadata={"doc": "Documented"})
+    undocumented = make_dataclass(
+        "SagaSettings", [("lease_secs", float, documented), ("new_key", int, field(default=3))]
+    )
+    saved = config._SECTION_TYPES["saga"]
+    config._SECTION_TYPES["saga"] = undocumented
+    try:
+        with pytest.raises(ValueError, match="new_key has no doc"):
+            render_settings(Settings())
+    finally:
+        config._SECTION_TYPES["saga"] = saved
+
+
+def test_sources_of_each_value(tmp_path: Path) -> None:
+    from udx.config import Source
+
+    path = write(tmp_path, "[coordinator]\nconcurrency = 4\n[saga]\nlease_secs = 9\n")
+    env = {"UDX_SAGA_LEASE_SECS": "7", "UDX_PANTRY_DNS_ZONE": "z.example"}
+    s = load_settings(path, environ=env, database_url="sqlite:////tmp/x.sqlite3")
+    assert s.source_of("coordinator", "concurrency") == Source("file", str(path))
+    assert s.source_of("saga", "lease_secs") == Source("environment", "UDX_SAGA_LEASE_SECS")
+    assert s.saga.lease_secs == 7.0
+    assert s.source_of("pantry", "dns_zone") == Source("environment", "UDX_PANTRY_DNS_ZONE")
+    assert s.source_of("database", "url") == Source("flag", "--db")
+    assert s.source_of("pantry", "source") == Source("default")
 
 
 def test_masked_toml_dict(tmp_path: Path) -> None:

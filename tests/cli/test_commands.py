@@ -248,7 +248,8 @@ def test_config_init_and_show(tmp_path: Path) -> None:
         assert "udx:***@db.example/omicron" in r.stdout
     shown = udx.json("--config", str(target), "config", "show")
     assert shown["config_path"] == str(target)
-    assert shown["coordinator"]["concurrency"] == 8
+    values = {e["key"]: e["value"] for e in shown["settings"]}
+    assert values["coordinator.concurrency"] == 8
     # --db on the command line wins over the file, and is masked too
     r = udx.ok("config", "show", db="postgresql://other:pw12345@h/d")
     assert "pw12345" not in r.stdout and "other:***@h/d" in r.stdout
@@ -260,7 +261,7 @@ def test_config_init_and_show(tmp_path: Path) -> None:
     udx.ok("config", "init", str(other))
     assert other.exists()
     env = udx.json("config", "show", env={"UDX_COORDINATOR_CONCURRENCY": "3"})
-    assert env["coordinator"]["concurrency"] == 3
+    assert {e["key"]: e["value"] for e in env["settings"]}["coordinator.concurrency"] == 3
 
 
 # --- failures leave nothing half-written -------------------------------------------------------

@@ -35,7 +35,10 @@ class AppState:
         if self._settings is None:
             from udx.config import load_settings
 
-            self._settings = load_settings(self.config_path, database_url=self.db_url)
+            # --db's value from UDX_DATABASE_URL is the environment's: the loader
+            # reads it there itself (and says so in `udx config show`).
+            flag_url = None if self.db_url_from_env else self.db_url
+            self._settings = load_settings(self.config_path, database_url=flag_url)
         return self._settings
 
     def database(self, *, require_schema: bool = True, create: bool = False) -> Database:

@@ -1,4 +1,5 @@
-"""`udx config`: write a config file, show the effective configuration."""
+"""`udx config`: write a commented config file, show the effective configuration
+and where each value came from."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ def init(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
-    """Write a config file holding every key with its effective value."""
+    """Write a commented config file with every key.
+
+    Each key comes with its meaning, unit, range and environment variable, at its
+    default and commented out (a --db URL is set). Refuses to replace an existing
+    file unless --force.
+    """
     from udx.config import Settings, default_config_path, write_settings
 
     st = state()
@@ -27,19 +33,49 @@ def init(
     if st.db_url:
         settings.database.url = st.db_url
     write_settings(settings, Path(target), overwrite=force)
-    stdout_console().print(f"wrote {target}")
+    stdout_console().print(f"wrote {target}", markup=False)
 
 
 @app.command("show")
-def show(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show the effective configuration (passwords masked)."""
-    import tomli_w
+def show(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
+) -> None:
+    """Show every setting's value and where it came from.
+
+    The source is default, file (its path), environment (the variable) or flag
+    (the option). Passwords are masked.
+    """
+    from udx.config import describe
 
     s = state().settings()
-    data = s.to_toml_dict(mask=True)
+    entries = describe(s, mask=True)
     if as_json:
-        print_json({"config_path": str(s.config_path) if s.config_path else None, **data})
+        print_json({"config_path": str(s.config_path) if s.config_path else None,
+                    "settings": entries})
         return
-    origin = str(s.config_path) if s.config_path else "(no config file: defaults and environment)"
-    print(f"# {origin}")
-    print(tomli_w.dumps(data), end="")
+    from udx.cli.tables import Column, write_table
+
+    def shown(value: object) -> str:
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value) or "-"
+        if value == "":
+            return '""'
+        return str(value)
+
+    where = str(s.config_path) if s.config_path else "no config file"
+    write_table(
+        (
+            Column("key", key=True),
+            Column("value"),
+            Column("unit", priority=3),
+            Column("source"),
+            Column("from", priority=2),
+        ),
+        (
+            [e["key"], shown(e["value"]), e["unit"] or "-", e["source"], e["from"] or "-"]
+            for e in entries
+        ),
+        title=f"configuration ({where})",
+        headers=not no_headers,
+    )
