@@ -229,3 +229,26 @@ def test_a_record_going_live_while_its_pantry_is_probed_is_not_marked_lost(
     with db.connect() as conn:
         after = exports.get_required(conn, rec.id)
     assert after.state is ExportState.LIVE and not after.resource_deleted
+
+
+def test_the_log_is_searched_only_for_attachments_no_record_names(db, registered, make_runtime):
+    """Every Live export's attachment is a candidate until the records are read; the
+    log-text match (a LIKE per id) must only see what is left, or a no-op pass over
+    a large fleet matches every attachment against every create saga's log."""
+    from udx.datastore import orphans
+    from udx.testing.statements import count_statements
+
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=6, project_images=0)
+    assert make_runtime().coordinator.run_pass().errors == []
+    attached = {v for s in registered for v in s.attachments}
+    assert len(attached) == 6
+    orphan = _unwound_copy(db, str(uuid.uuid4()))
+    with count_statements(db.engine) as log, db.connect() as conn:
+        assert orphans.unaccounted(conn, attached | {orphan}) == {orphan}
+    likes = [s for s in log.statements if "LIKE" in s.upper()]
+    # One statement, one LIKE: for the one id no record names.
+    assert len(likes) == 1 and likes[0].upper().count("LIKE") == 1
+    with count_statements(db.engine) as log, db.connect() as conn:
+        assert orphans.unaccounted(conn, attached) == set()
+    assert not [s for s in log.statements if "LIKE" in s.upper()]
