@@ -94,7 +94,7 @@ _udx_table() {
         "pantry list") words="--no-check --json --no-headers -h --help"; value_opts="" ;;
         "pantry-sim") words="--listen --latency --quiet -q -h --help"; value_opts="--listen --latency" ;;
         "pass") words="history --dry-run --concurrency --deadline --max-sagas --prune-older-than --json --progress-every --metrics-file -h --help"; value_opts="--concurrency --deadline --max-sagas --prune-older-than --progress-every --metrics-file" ;;
-        "pass history") words="--limit --json -h --help"; value_opts="--limit" ;;
+        "pass history") words="--limit --all --json --no-headers -h --help"; value_opts="--limit" ;;
         "saga") words="abandon list prune recover resume retry-undo show -h --help"; value_opts="" ;;
         "saga abandon") words="--reason --comment --force --yes -y -h --help"; value_opts="--reason --comment" ;;
         "saga list") words="--state --name --export --since --limit --all --json --no-headers -h --help"; value_opts="--state --name --export --since --limit" ;;
@@ -105,7 +105,7 @@ _udx_table() {
         "saga show") words="--json -h --help"; value_opts="" ;;
         "status") words="--json -h --help"; value_opts="" ;;
         "volume") words="list show -h --help"; value_opts="" ;;
-        "volume list") words="--deleted --json -h --help"; value_opts="" ;;
+        "volume list") words="--deleted --limit --all --json --no-headers -h --help"; value_opts="--limit" ;;
         "volume show") words="--json -h --help"; value_opts="" ;;
         "whatis") words="--json -h --help"; value_opts="" ;;
     esac

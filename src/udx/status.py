@@ -31,7 +31,7 @@ class Problem:
 
 @dataclass
 class SystemStatus:
-    last_pass: PassRun | None
+    last_pass: PassRun | None  # the last real pass (not a dry run)
     last_pass_running: bool
     pass_totals: dict[str, int]
     records: dict[str, int]
@@ -44,6 +44,7 @@ class SystemStatus:
     pantries_not_answering: list[str] = field(default_factory=list)
     inventory_error: str | None = None
     problems: list[Problem] = field(default_factory=list)
+    last_dry_run: PassRun | None = None  # shown, never judged
 
     @property
     def healthy(self) -> bool:
@@ -54,6 +55,7 @@ class SystemStatus:
             "healthy": self.healthy,
             "last_pass": self.last_pass.to_json() if self.last_pass else None,
             "last_pass_running": self.last_pass_running,
+            "last_dry_run": self.last_dry_run.to_json() if self.last_dry_run else None,
             "pass_totals": self.pass_totals,
             "records": self.records,
             "records_held_by_stuck_or_abandoned_sagas": self.held_by_dead_sagas,
@@ -136,7 +138,10 @@ def system_status(
 
     now = utcnow()
     with db.connect() as conn:
-        recent = pass_runs.recent(conn, 1)
+        # The last real pass: a dry run changes nothing, so its result says
+        # nothing about the system (and must not hide a failed or killed pass).
+        recent = pass_runs.recent(conn, 1, dry_run=False)
+        dry = pass_runs.recent(conn, 1, dry_run=True)
         totals = pass_runs.totals(conn)
         records = records_by_state(conn)
         held = export_locks.held_by_dead_sagas(conn)
@@ -161,6 +166,7 @@ def system_status(
         pantries_answering=in_service - len(silent),
         pantries_not_answering=silent,
         inventory_error=inventory_error,
+        last_dry_run=dry[0] if dry else None,
     )
     p = st.problems
     if last is None:

@@ -108,11 +108,14 @@ def whatis(conn: Connection, the_id: uuid.UUID) -> list[Meaning]:
             )
         )
     p = conn.execute(
-        select(pass_run.c.started, pass_run.c.host, pass_run.c.finished).where(
-            pass_run.c.id == the_id
-        )
+        select(
+            pass_run.c.started, pass_run.c.host, pass_run.c.finished, pass_run.c.dry_run
+        ).where(pass_run.c.id == the_id)
     ).first()
     if p is not None:
         done = "finished" if p.finished is not None else "did not finish"
-        out.append(Meaning("pass", f"pass on {p.host} started {p.started} ({done})", None))
+        what = "dry run" if p.dry_run else "pass"
+        out.append(
+            Meaning("pass", f"{what} on {p.host} started {p.started} ({done})", "udx pass history")
+        )
     return out

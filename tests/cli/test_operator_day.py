@@ -5,17 +5,18 @@ pantries."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from udx import seed
 from udx.datastore import exports, saga_log
 from udx.db.engine import Database
-from udx.db.schema import saga
+from udx.db.schema import pass_run, saga
 from udx.db.types import utcnow
 from udx.domain.model import ExportState
 from udx.pantry.inventory import DbInventory
@@ -318,22 +319,56 @@ def test_pass_history_and_the_pass_json_times(
         seed.seed_fleet(conn, snapshots=2)
     status = cli.json("pass")
     assert isinstance(status["duration_secs"], float) and status["started"].startswith("20")
-    cli.ok("pass", "--dry-run")  # writes nothing, not even history
+    cli.ok("pass", "--dry-run")  # writes its history row, nothing else
     for sim in sims:
         sim.refuse_connections()
     eid = requested_record(db)
     assert cli("pass").exit_code == 1
     runs = cli.json("pass", "history")
-    assert [r["result"] for r in runs] == ["failed", "ok"]
-    assert runs[0]["exit_code"] == 1 and runs[0]["errors"] and runs[1]["errors"] == []
-    assert runs[1]["counts"]["sagas"] == {"create:succeeded": 2}
-    assert runs[1]["duration_secs"] >= 0 and runs[1]["dry_run"] is False
+    assert [(r["result"], r["dry_run"]) for r in runs] == [
+        ("failed", False), ("ok", True), ("ok", False)
+    ]
+    assert runs[0]["exit_code"] == 1 and runs[0]["errors"] and runs[2]["errors"] == []
+    assert runs[2]["counts"]["sagas"] == {"create:succeeded": 2}
+    assert runs[1]["counts"] == {"planned": {}}  # nothing to do then
+    assert runs[2]["duration_secs"] >= 0 and runs[2]["dry_run"] is False
     assert len(cli.json("pass", "history", "--limit", "1")) == 1
     table = cli.ok("pass", "history").stdout
     assert "failed" in table and "ok" in table
+    (dry_line,) = [ln for ln in table.splitlines() if ln.startswith(runs[1]["id"])]
+    assert dry_line.split()[4] == "yes"  # the dry run column
     summary = cli("pass").stdout
     assert "duration" in summary and "started" in summary
     del eid
+
+
+def test_status_judges_the_last_real_pass_not_a_dry_run(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    requested_record(db)
+    for sim in sims:
+        sim.refuse_connections()
+    assert cli("pass").exit_code == 1  # the create saga unwinds: a failed pass
+    for sim in sims:
+        sim.refuse_connections(False)
+    cli.ok("pass", "--dry-run")  # a clean dry run afterwards hides nothing
+    r = cli("status", "--json")
+    assert r.exit_code == 1
+    out = json.loads(r.stdout)
+    assert out["last_pass"]["dry_run"] is False and out["last_pass"]["result"] == "failed"
+    assert out["last_dry_run"]["dry_run"] is True and out["last_dry_run"]["result"] == "ok"
+    assert out["pass_totals"]["passes"] == 1  # dry runs are not counted
+    assert "the last pass failed (exit 1)" in r.stdout
+    text = cli("status").stdout
+    assert "last dry run" in text and "failed" in text
+    # Only dry runs so far: still "no pass has run yet".
+    with db.begin() as conn:
+        conn.execute(delete(pass_run).where(pass_run.c.dry_run.is_(False)))
+    out = json.loads(cli("status", "--json").stdout)
+    assert out["last_pass"] is None
+    assert any(p["problem"] == "no pass has run yet" for p in out["problems"])
+    cli.ok("pass")
+    cli.ok("status")
 
 
 # --- Ctrl-C, metrics ----------------------------------------------------------------------------

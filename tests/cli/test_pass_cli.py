@@ -203,12 +203,21 @@ def test_pass_exit_1_when_a_saga_unwinds(
     assert "failed a call in this pass" in r.stderr
 
 
+def _but_history(tables: dict[str, Any]) -> dict[str, Any]:
+    return {name: rows for name, rows in tables.items() if name != "pass_run"}
+
+
 def test_dry_run_writes_nothing_and_prints_the_plan(
     cli: Udx, db: Database, registered: list[SimulatedPantry], fleet: dict[str, Any]
 ) -> None:
     before = dump_tables(db)
     out = cli.ok("pass", "--dry-run").stdout
-    assert dump_tables(db) == before
+    # Nothing but its own history row (dry run: yes).
+    assert _but_history(dump_tables(db)) == _but_history(before)
+    (run,) = cli.json("pass", "history")
+    assert run["dry_run"] is True and run["result"] == "ok" and run["errors"] == []
+    assert run["counts"]["planned"]["3-request"] == len(fleet["refs"])
+    before = dump_tables(db)
     assert sum(s.total_attach_calls + s.total_detach_calls for s in registered) == 0
     assert out.splitlines()[0].split() == ["step", "would", "export", "type", "resource", "detail"]
     assert not BOX_CHARS.search(out)
@@ -219,7 +228,8 @@ def test_dry_run_writes_nothing_and_prints_the_plan(
     assert doomed == [["2-changeset", "mark"], ["4-delete", "bypass"]]
 
     plan = cli.json("pass", "--dry-run")
-    assert dump_tables(db) == before
+    assert _but_history(dump_tables(db)) == _but_history(before)
+    assert len(cli.json("pass", "history")) == 2
     assert plan["dry_run"] is True and plan["errors"] == []
     steps = plan["steps"]
     assert all(

@@ -15,7 +15,6 @@ from udx.domain.errors import BadInput
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.table import Table
 
     from udx.config import Settings
     from udx.db.engine import Database
@@ -111,41 +110,6 @@ def is_terminal() -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     return sys.stdout.isatty()
-
-
-def table(*columns: str, title: str | None = None) -> Table:
-    """A Rich table: boxed on a terminal, plain aligned columns when piped.
-
-    String cells are literal text, never Rich markup: "[fd00::1]:17000" is an
-    address, not a style tag (pass a rich Text to style a cell).
-    """
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    class LiteralTable(Table):
-        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
-            cells = [Text(r) if isinstance(r, str) else r for r in renderables]
-            super().add_row(*cells, **kwargs)
-
-    tty = is_terminal()
-    t = LiteralTable(
-        title=title if tty else None,
-        box=box.ROUNDED if tty else None,
-        show_edge=tty,
-        header_style="bold" if tty else "",
-        pad_edge=False,
-    )
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    return t
-
-
-def print_table(t: Table, title: str | None = None) -> None:
-    console = stdout_console()
-    if title and not is_terminal():
-        console.print(title)
-    console.print(t)
 
 
 def print_json(data: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from udx.cli.common import print_json, print_table, state, stdout_console, table
+from udx.cli.common import print_json, state, stdout_console
 
 
 def register(app: typer.Typer) -> None:
@@ -12,22 +12,14 @@ def register(app: typer.Typer) -> None:
     app.command("whatis")(whatis)
 
 
-def _age(secs: float | None) -> str:
-    if secs is None:
-        return "-"
-    secs = max(0.0, secs)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{int(secs // size)}{unit}"
-    return f"{int(secs)}s"
-
-
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The whole system at a glance: the last pass, totals over the history,
     records by state, records held by stuck or abandoned sagas, sagas whose owner
     died, the oldest running saga, pantries answering; and the next action for
-    each problem. Exit 0 healthy, 1 needs attention, 3 unreachable."""
-    from udx.db.types import utcnow
+    each problem. Exit 0 healthy, 1 needs attention, 3 unreachable.
+
+    The last pass is the last real one: a dry run (listed in `udx pass
+    history`) is shown apart and is never the last pass's result."""
     from udx.domain.errors import EXIT_FAILED
     from udx.pantry.inventory import inventory_from_settings
     from udx.status import system_status
@@ -43,38 +35,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     if as_json:
         print_json(s.to_json())
     else:
-        t = table("item", "value", title="udx status")
-        last = s.last_pass
-        if last is None:
-            t.add_row("last pass", "none yet")
-        else:
-            age = _age((utcnow() - last.started).total_seconds())
-            result = "running" if s.last_pass_running else last.result
-            took = f", took {last.duration_secs:.1f} s" if last.duration_secs is not None else ""
-            t.add_row("last pass", f"{age} ago on {last.host}: {result}{took}")
-        tot = s.pass_totals
-        t.add_row(
-            "passes (all history)",
-            f"{tot['passes']}: {tot['ok']} ok, {tot['failed']} failed, "
-            f"{tot['did_not_finish']} did not finish",
-        )
-        t.add_row("records", ", ".join(f"{k} {v}" for k, v in s.records.items()))
-        t.add_row("held by stuck/abandoned sagas", str(len(s.held_by_dead_sagas)))
-        t.add_row(
-            "sagas",
-            f"running {s.sagas['running']} ({s.expired_running} with an expired lease), "
-            f"stuck {s.sagas['stuck']}, abandoned {s.sagas['abandoned']}",
-        )
-        t.add_row("oldest running saga", _age(s.oldest_running_secs))
-        t.add_row(
-            "pantries", f"{s.pantries_in_service} in service, {s.pantries_answering} answering"
-        )
-        print_table(t, "udx status")
-        console = stdout_console()
-        if s.healthy:
-            console.print("healthy", markup=False)
-        for p in s.problems:
-            console.print(f"problem: {p.what}  ->  {p.command}", markup=False)
+        _render_status(s)
     if not s.healthy:
         raise typer.Exit(EXIT_FAILED)
 
@@ -98,7 +59,71 @@ def whatis(
     if as_json:
         print_json({"id": str(uid), "is": [m.to_json() for m in found]})
         return
-    t = table("kind", "what", "next")
-    for m in found:
-        t.add_row(m.kind, m.description, m.next_command or "-")
-    print_table(t, f"{uid}")
+    from udx.cli.tables import Column, write_table
+
+    write_table(
+        (Column("kind"), Column("what"), Column("next", priority=2)),
+        ([m.kind, m.description, m.next_command or "-"] for m in found),
+        title=str(uid),
+    )
+
+
+def _render_status(s: object) -> None:
+    import datetime as dt
+
+    from udx.cli.tables import fmt_age, fmt_time, write_fields
+    from udx.status import SystemStatus
+
+    assert isinstance(s, SystemStatus)
+    rows: list[tuple[str, str]] = []
+    last = s.last_pass
+    if last is None:
+        rows.append(("last pass", "none yet"))
+    else:
+        result = "running" if s.last_pass_running else last.result
+        took = f", took {last.duration_secs:.1f}s" if last.duration_secs is not None else ""
+        rows.append(
+            (
+                "last pass",
+                f"{fmt_age(last.started)} ago ({fmt_time(last.started)}) on {last.host}: "
+                f"{result}{took}",
+            )
+        )
+    dry = s.last_dry_run
+    if dry is not None:
+        rows.append(("last dry run", f"{fmt_age(dry.started)} ago ({fmt_time(dry.started)})"))
+    tot = s.pass_totals
+    rows.append(
+        (
+            "passes (all history)",
+            f"{tot['passes']}: {tot['ok']} ok, {tot['failed']} failed, "
+            f"{tot['did_not_finish']} did not finish",
+        )
+    )
+    rows.append(("records", ", ".join(f"{k} {v}" for k, v in s.records.items())))
+    rows.append(("held by stuck/abandoned sagas", str(len(s.held_by_dead_sagas))))
+    rows.append(
+        (
+            "sagas",
+            f"running {s.sagas['running']} ({s.expired_running} with an expired lease), "
+            f"stuck {s.sagas['stuck']}, abandoned {s.sagas['abandoned']}",
+        )
+    )
+    oldest = s.oldest_running_secs
+    rows.append(
+        (
+            "oldest running saga",
+            "-"
+            if oldest is None
+            else fmt_age(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=oldest)),
+        )
+    )
+    rows.append(
+        ("pantries", f"{s.pantries_in_service} in service, {s.pantries_answering} answering")
+    )
+    write_fields("udx status", rows)
+    console = stdout_console()
+    if s.healthy:
+        console.print("healthy", markup=False)
+    for p in s.problems:
+        console.print(f"problem: {p.what}  ->  {p.command}", markup=False, soft_wrap=True)

@@ -73,7 +73,9 @@ def pass_(
     deferred by --deadline or --max-sagas alone is not a failure.
 
     Every pass is recorded in the pass history (`udx pass history`) when it
-    starts and when it ends; a killed pass shows as "did not finish". Ctrl-C
+    starts and when it ends; a killed pass shows as "did not finish". A dry
+    run is recorded too (dry run: yes) and writes nothing else; `udx status`
+    judges the last real pass. Ctrl-C
     starts no more sagas, lets the running ones finish, prints what finished and
     what was left, and exits 130.
     """
@@ -96,8 +98,21 @@ def pass_(
     if prune_text and not dry_run:
         bounds["prune_older_than"] = parse_duration(prune_text, "--prune-older-than")
     db = st.database()
-    # A dry run writes nothing, not even its history row.
-    recorder = _Recorder(db, dry_run) if not dry_run else None
+    # A dry run writes its history row (dry_run = true) and nothing else; one
+    # that cannot (a read-only database user) still shows its plan.
+    recorder: _Recorder | None
+    if dry_run:
+        try:
+            recorder = _Recorder(db, dry_run)
+        except UdxError as err:
+            if err.exit_code == EXIT_UNAVAILABLE:
+                raise
+            import logging
+
+            logging.getLogger(__name__).info("could not record the dry run: %s", err)
+            recorder = None
+    else:
+        recorder = _Recorder(db, dry_run)
     try:
         _pass(db, recorder, dry_run, concurrency, as_json, metrics_file, bounds, progress_every)
     except typer.Exit as done:
@@ -135,6 +150,7 @@ class _Recorder:
         self.id = uuid.uuid4()
         self.started = utcnow()
         self.status: PassStatus | None = None
+        self.plan: DryRunReport | None = None
         host, pid = socket.gethostname(), os.getpid()
         db.transaction(
             lambda c: pass_runs.start(
@@ -155,6 +171,11 @@ class _Recorder:
         warnings: list[str] = list(getattr(status, "warnings", []) or [])
         if status is not None:
             counts = status.counts()
+        elif self.plan is not None:  # a dry run: what it would have done
+            from collections import Counter
+
+            errors = list(self.plan.errors)
+            counts = {"planned": dict(Counter(s.step for s in self.plan.steps))}
         try:
             self.db.transaction(
                 lambda c: pass_runs.finish(
@@ -190,6 +211,8 @@ def _pass(
     try:
         if dry_run:
             report = runtime.coordinator.plan()
+            if recorder is not None:
+                recorder.plan = report
             if as_json:
                 print_json(report.to_json())
             else:
@@ -403,35 +426,70 @@ def _render_plan(report: DryRunReport) -> None:
 
 
 def history(
-    limit: int = typer.Option(20, "--limit", min=1, help="At most this many passes, newest first."),
+    limit: int = typer.Option(
+        50, "--limit", min=1, metavar="N", help="At most this many passes, newest first."
+    ),
+    all_: bool = typer.Option(False, "--all", help="Every recorded pass (no --limit)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
-    """Show past passes, newest first: when, where, how long, the result (a pass
-    that was killed shows as "did not finish"), counts and errors."""
+    """Show past passes, newest first (50 unless --limit or --all): when, where,
+    how long, the result (a pass that was killed shows as "did not finish"),
+    counts and errors. Dry runs are listed too, with "dry run" yes."""
+    from udx.cli.tables import Column, fmt_time, write_table
     from udx.datastore import pass_runs
 
     db = state().database()
     with db.connect() as conn:
-        runs = pass_runs.recent(conn, limit)
+        runs = pass_runs.recent(conn, None if all_ else limit)
+        total = len(runs) if all_ or len(runs) < limit else pass_runs.count(conn)
     if as_json:
         print_json([r.to_json() for r in runs])
         return
-    from udx.cli.common import print_table, table  # pass history: not yet on write_table
 
-    t = table("started", "host", "pid", "dry run", "duration", "result", "sagas", "errors")
-    for r in runs:
+    def sagas_of(r: Any) -> str:
+        if r.dry_run:
+            return "-"
         sagas = r.counts.get("sagas", {}) if isinstance(r.counts, dict) else {}
-        total = sum(int(v) for v in sagas.values()) if isinstance(sagas, dict) else 0
-        t.add_row(
-            r.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            r.host,
-            str(r.pid),
-            "yes" if r.dry_run else "no",
-            f"{r.duration_secs:.1f} s" if r.duration_secs is not None else "-",
-            r.result,
-            str(total) if not r.dry_run else "-",
-            str(len(r.errors)),
-        )
-    print_table(t, f"passes ({len(runs)})")
+        return str(sum(int(v) for v in sagas.values()) if isinstance(sagas, dict) else 0)
+
+    write_table(
+        (
+            Column("id", key=True),
+            Column("started"),
+            Column("host", priority=3),
+            Column("pid", priority=3, justify="right"),
+            Column("dry run", priority=2),
+            Column("duration", priority=2, justify="right"),
+            Column("result"),
+            Column("sagas", justify="right"),
+            Column("errors", justify="right"),
+            Column("warnings", priority=2, justify="right"),
+        ),
+        (
+            [
+                str(r.id),
+                fmt_time(r.started),
+                r.host,
+                str(r.pid),
+                "yes" if r.dry_run else "no",
+                f"{r.duration_secs:.1f}s" if r.duration_secs is not None else "-",
+                r.result,
+                sagas_of(r),
+                str(len(r.errors)),
+                str(len(r.warnings)),
+            ]
+            for r in runs
+        ),
+        title="passes",
+        total=total,
+        headers=not no_headers,
+    )
     if not runs:
-        stdout_console().print("no pass has run yet")
+        stdout_console().print("no pass has run yet", markup=False)
+    elif total > len(runs) and is_terminal():
+        stdout_console().print(
+            f"the newest {len(runs)} of {total}: --limit N or --all for more",
+            style="dim",
+            markup=False,
+        )

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from udx.cli.common import print_json, print_table, state, stdout_console, table
+from udx.cli.common import print_json, state, stdout_console
 
 app = typer.Typer(
     help="Show volumes, the read-only storage they read and what waits to be freed.",
@@ -47,36 +47,61 @@ def list_(
     deleted: bool = typer.Option(
         False, "--deleted", help="Soft-deleted volumes (with their cleanup lists) instead."
     ),
+    limit: int = typer.Option(
+        50, "--limit", min=1, metavar="N", help="At most this many volumes, newest first."
+    ),
+    all_: bool = typer.Option(False, "--all", help="Every volume (no --limit)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_headers: bool = typer.Option(False, "--no-headers", help="No header line."),
 ) -> None:
-    """List live volumes (or soft-deleted ones): read-only targets, usage rows,
-    what is left to clean up, and who names each volume."""
+    """List live volumes (or soft-deleted ones), newest first (50 unless --limit
+    or --all): read-only targets, usage rows, what is left to clean up, and who
+    names each volume."""
+    from udx.cli.common import is_terminal
+    from udx.cli.tables import Column, fmt_time, write_table
     from udx.datastore import volumes
 
     db = state().database()
     with db.connect() as conn:
-        found = volumes.list_volumes(conn, deleted=deleted)
-    out = [v.to_json() for v in found]
+        found, total = volumes.list_volumes(conn, deleted=deleted, limit=None if all_ else limit)
     if as_json:
-        print_json(out)
+        print_json([v.to_json() for v in found])
         return
     kind = "soft-deleted" if deleted else "live"
-    t = table(
-        "id", "state", "created", "deleted", "targets", "usage", "to clean up", "used by",
-        title=f"{kind} volumes ({len(out)})",
+    write_table(
+        (
+            Column("id", key=True),
+            Column("state"),
+            Column("created", priority=2),
+            Column("deleted", priority=2 if deleted else 4),
+            Column("targets", justify="right"),
+            Column("usage", justify="right"),
+            Column("to clean up", priority=3 if deleted else 4, justify="right"),
+            Column("used by", priority=3),
+        ),
+        (
+            [
+                str(v.id),
+                "live" if v.time_deleted is None else "deleted",
+                fmt_time(v.time_created),
+                fmt_time(v.time_deleted),
+                "?" if v.targets is None else str(v.targets),
+                str(v.usage_rows),
+                _clean_up_count(v.clean_up.to_json() if v.clean_up is not None else None),
+                ", ".join(v.used_by) or "-",
+            ]
+            for v in found
+        ),
+        title=f"{kind} volumes",
+        total=total,
+        headers=not no_headers,
     )
-    for v in out:
-        t.add_row(
-            v["id"],
-            v["state"],
-            _time(v["time_created"]),
-            _time(v["time_deleted"]),
-            "?" if v["targets"] is None else str(v["targets"]),
-            str(v["usage_rows"]),
-            _clean_up_count(v["resources_to_clean_up"]),
-            ", ".join(v["used_by"]) or "-",
+    if total > len(found) and is_terminal():
+        stdout_console().print(
+            f"the newest {len(found)} of {total}: --limit N or --all for more",
+            style="dim",
+            markup=False,
         )
-    print_table(t, f"{kind} volumes ({len(out)})")
 
 
 @app.command("show")
@@ -86,6 +111,7 @@ def show(
 ) -> None:
     """Show one volume: each read-only target, what it resolves to and whether
     the volume has its usage row; every usage row; its cleanup list."""
+    from udx.cli.tables import Column, write_fields, write_heading, write_table
     from udx.datastore import volumes
     from udx.domain.model import parse_uuid
 
@@ -96,8 +122,7 @@ def show(
     if as_json:
         print_json(info)
         return
-    fields = table("field", "value", title=f"volume {info['id']}")
-    for name, value in (
+    fields = [
         ("id", info["id"]),
         ("state", info["state"]),
         ("created", _time(info["time_created"])),
@@ -106,41 +131,50 @@ def show(
         ("used by", ", ".join(info["used_by"]) or "-"),
         ("read-only targets", str(len(info["targets"]))),
         ("usage rows", str(len(info["usage"]))),
-    ):
-        fields.add_row(name, value)
+    ]
     if info["data_error"]:
-        fields.add_row("data", info["data_error"])
-    print_table(fields, f"volume {info['id']}")
+        fields.append(("data", info["data_error"]))
+    write_fields(f"volume {info['id']}", fields)
     if info["targets"]:
-        t = table("target", "resolves to", "usage row", title="read-only targets")
+        rows = []
         for tgt in info["targets"]:
             resolved = resource_text(tgt["resolves_to"])
             if tgt["deleting"]:
                 resolved += " (deleting)"
-            t.add_row(
-                tgt["target"],
-                tgt["problem"] or resolved,
-                "yes" if tgt["usage_row"] else "no",
-            )
-        print_table(t, "read-only targets")
+            rows.append([tgt["target"], tgt["problem"] or resolved,
+                         "yes" if tgt["usage_row"] else "no"])
+        write_heading(f"read-only targets ({len(rows)})")
+        write_table(
+            (Column("target", key=True), Column("resolves to"), Column("usage row")),
+            rows,
+            title="read-only targets",
+        )
     strays = [u for u in info["usage"] if not u["named_by_data"]]
     if strays:
-        t = table("usage id", "resource", title="usage rows its data does not name")
-        for u in strays:
-            t.add_row(u["usage_id"], resource_text(u))
-        print_table(t, "usage rows its data does not name")
+        write_heading(f"usage rows its data does not name ({len(strays)})")
+        write_table(
+            (Column("usage id", key=True), Column("resource")),
+            ([u["usage_id"], resource_text(u)] for u in strays),
+            title="usage rows its data does not name",
+        )
     if info["resources_to_clean_up_error"]:
-        stdout_console().print(f"resources to clean up: {info['resources_to_clean_up_error']}")
+        stdout_console().print(
+            f"resources to clean up: {info['resources_to_clean_up_error']}", markup=False
+        )
     elif info["resources_to_clean_up"] is not None:
         v3 = info["resources_to_clean_up"]["V3"]
-        rows = [("read-only region", r) for r in v3["regions"]] + [
-            ("region snapshot", f"{s['snapshot']} (dataset {s['dataset']}, region {s['region']})")
+        clean = [["read-only region", r] for r in v3["regions"]] + [
+            ["region snapshot", f"{s['snapshot']} (dataset {s['dataset']}, region {s['region']})"]
             for s in v3["region_snapshots"]
         ]
-        if rows:
-            t = table("kind", "resource", title="resources to clean up")
-            for kind, res in rows:
-                t.add_row(kind, res)
-            print_table(t, "resources to clean up")
+        if clean:
+            write_heading(f"resources to clean up ({len(clean)})")
+            write_table(
+                (Column("kind"), Column("resource", key=True)),
+                clean,
+                title="resources to clean up",
+            )
         else:
-            stdout_console().print("resources to clean up: none (other volumes still read them)")
+            stdout_console().print(
+                "resources to clean up: none (other volumes still read them)", markup=False
+            )

@@ -150,6 +150,11 @@ def recent(
     return [_row(r) for r in conn.execute(q)]
 
 
+def count(conn: Connection) -> int:
+    """Every recorded pass, dry runs included (what `udx pass history --all` lists)."""
+    return int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+
+
 def totals(conn: Connection) -> dict[str, int]:
     """Over the whole history (real passes, not dry runs): passes, finished ok,
     failed, did not finish."""

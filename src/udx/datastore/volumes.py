@@ -780,28 +780,42 @@ def _owners(conn: Connection, ids: Sequence[uuid.UUID] | None) -> dict[uuid.UUID
     return out
 
 
-def list_volumes(conn: Connection, *, deleted: bool = False) -> list[VolumeSummary]:
-    """Live volumes (or soft-deleted ones), oldest first, with their counts and
-    who names them. Three statements whatever the number of volumes."""
+def list_volumes(
+    conn: Connection, *, deleted: bool = False, limit: int | None = None
+) -> tuple[list[VolumeSummary], int]:
+    """Live volumes (or soft-deleted ones), newest first, at most `limit`, with
+    their counts and who names them; and how many there are in all. Four
+    statements whatever the number of volumes."""
     cond = volume.c.time_deleted.is_not(None) if deleted else volume.c.time_deleted.is_(None)
-    rows = conn.execute(
+    q = (
         select(
             volume.c.id, volume.c.time_created, volume.c.time_deleted, volume.c.data,
             volume.c.resources_to_clean_up,
         )
         .where(cond)
-        .order_by(volume.c.time_created, volume.c.id)
-    ).all()
-    counts: dict[uuid.UUID, int] = {
-        vid: int(n)
-        for vid, n in conn.execute(
-            select(usage.c.volume_id, func.count())
-            .select_from(usage.join(volume, volume.c.id == usage.c.volume_id))
-            .where(cond)
-            .group_by(usage.c.volume_id)
+        .order_by(volume.c.time_created.desc(), volume.c.id.desc())
+    )
+    if limit is not None:
+        q = q.limit(limit)
+    rows = conn.execute(q).all()
+    if limit is None or len(rows) < limit:
+        total = len(rows)
+    else:
+        total = int(conn.execute(select(func.count()).select_from(volume).where(cond)).scalar_one())
+    ids = [r[0] for r in rows]
+    counts: dict[uuid.UUID, int] = {}
+    owners: dict[uuid.UUID, list[str]] = {}
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i : i + _CHUNK]
+        counts.update(
+            (vid, int(n))
+            for vid, n in conn.execute(
+                select(usage.c.volume_id, func.count())
+                .where(usage.c.volume_id.in_(chunk))
+                .group_by(usage.c.volume_id)
+            )
         )
-    }
-    owners = _owners(conn, None)
+        owners.update(_owners(conn, chunk))
     out = []
     for vid, created, time_deleted, data, clean_up_text in rows:
         try:
@@ -816,7 +830,7 @@ def list_volumes(conn: Connection, *, deleted: bool = False) -> list[VolumeSumma
             VolumeSummary(vid, created, time_deleted, targets, int(counts.get(vid, 0)), clean_up,
                           owners.get(vid, []))
         )
-    return out
+    return out, total
 
 
 def describe_volume(conn: Connection, volume_id: uuid.UUID) -> dict[str, Any]:
