@@ -17,6 +17,13 @@ _udx() {
         COMPREPLY=( $(compgen -W "$choices" -- "$cur") )
         return 0
     fi
+    if _udx_wants_ids "$path" "$prev" "$cur" "$value_opts"; then
+        choices="$(_udx_ids)"
+        if [[ -n "$choices" ]]; then
+            COMPREPLY=( $(compgen -W "$choices" -- "$cur") )
+            return 0
+        fi
+    fi
     case " $value_opts " in
         *" $prev "*) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
     esac
@@ -123,5 +130,32 @@ _udx_choices() {
         "saga list|--state") echo "running unwinding done abandoned" ;;
         "saga list|--name") echo "export-create export-delete" ;;
     esac
+}
+# Ids from the database (export and saga ids): asked of udx itself, which answers
+# nothing rather than an error, and stopped after 3 s.
+_udx_wants_ids() {
+    case "$1|$2" in
+        "export release|--saga") return 0 ;;
+        "saga list|--export") return 0 ;;
+    esac
+    case "$3" in -*) return 1 ;; esac
+    case " $4 " in *" $2 "*) return 1 ;; esac
+    case "$1" in
+        "export delete") return 0 ;;
+        "export diagnose") return 0 ;;
+        "export release") return 0 ;;
+        "export show") return 0 ;;
+        "saga abandon") return 0 ;;
+        "saga resume") return 0 ;;
+        "saga retry-undo") return 0 ;;
+        "saga show") return 0 ;;
+    esac
+    return 1
+}
+_udx_ids() {
+    local t=""
+    command -v timeout >/dev/null 2>&1 && t="timeout 3"
+    env _UDX_COMPLETE=complete_bash COMP_WORDS="${COMP_WORDS[*]}" COMP_CWORD="$COMP_CWORD" \
+        $t "${COMP_WORDS[0]}" 2>/dev/null
 }
 complete -o default -F _udx udx

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import typer  # noqa: E402
 
 from udx import __version__  # noqa: E402
+from udx.cli.complete import DYNAMIC  # noqa: E402
 from udx.cli.examples import split as split_examples  # noqa: E402
 from udx.cli.main import app  # noqa: E402
 from udx.config import Settings, env_var, setting_fields  # noqa: E402
@@ -40,6 +41,7 @@ class Opt:
     takes_value: bool
     metavar: str
     choices: list[str] = field(default_factory=list)  # the values completion offers
+    dynamic: bool = False  # ids from the database: the scripts ask udx
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Cmd:
     options: list[Opt] = field(default_factory=list)
     arguments: list[str] = field(default_factory=list)
     children: list[Cmd] = field(default_factory=list)
+    dynamic_argument: bool = False  # its argument is an id from the database
 
 
 def _walk(cmd: Any, path: list[str], ctx: Any) -> Cmd:
@@ -67,10 +70,12 @@ def _walk(cmd: Any, path: list[str], ctx: Any) -> Cmd:
                     takes_value=not p.is_flag,
                     metavar=(p.metavar or (p.name or "value").upper()) if not p.is_flag else "",
                     choices=_choices(p, ctx),
+                    dynamic=bool(getattr(p, DYNAMIC, None)),
                 )
             )
         elif p.param_type_name == "argument":
             node.arguments.append((p.metavar or p.name or "arg").upper())
+            node.dynamic_argument |= bool(getattr(p, DYNAMIC, None))
     node.options.append(Opt(["-h", "--help"], "Show the help and exit.", False, ""))
     if hasattr(cmd, "commands"):
         for name in sorted(cmd.list_commands(ctx)):
@@ -82,6 +87,8 @@ def _walk(cmd: Any, path: list[str], ctx: Any) -> Cmd:
 
 
 def _choices(param: Any, ctx: Any) -> list[str]:
+    if getattr(param, DYNAMIC, None):  # from the database when TAB is pressed, not now
+        return []
     desc = getattr(param, "type_descriptor", None)
     if desc is not None and desc.is_choice and desc.choices:
         return [str(getattr(c, "value", c)) for c in desc.choices]
@@ -133,6 +140,13 @@ _udx() {{
         COMPREPLY=( $(compgen -W "$choices" -- "$cur") )
         return 0
     fi
+    if _udx_wants_ids "$path" "$prev" "$cur" "$value_opts"; then
+        choices="$(_udx_ids)"
+        if [[ -n "$choices" ]]; then
+            COMPREPLY=( $(compgen -W "$choices" -- "$cur") )
+            return 0
+        fi
+    fi
     case " $value_opts " in
         *" $prev "*) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
     esac
@@ -154,6 +168,25 @@ _udx_choices() {{
 {chr(10).join(_choice_cases(tree, lambda c: f'echo "{" ".join(c)}"'))}
     esac
 }}
+# Ids from the database (export and saga ids): asked of udx itself, which answers
+# nothing rather than an error, and stopped after {ID_TIMEOUT} s.
+_udx_wants_ids() {{
+    case "$1|$2" in
+{chr(10).join(_dynamic_option_cases(tree, "return 0"))}
+    esac
+    case "$3" in -*) return 1 ;; esac
+    case " $4 " in *" $2 "*) return 1 ;; esac
+    case "$1" in
+{chr(10).join(_dynamic_argument_cases(tree, "return 0"))}
+    esac
+    return 1
+}}
+_udx_ids() {{
+    local t=""
+    command -v timeout >/dev/null 2>&1 && t="timeout {ID_TIMEOUT}"
+    env _UDX_COMPLETE=complete_bash COMP_WORDS="${{COMP_WORDS[*]}}" COMP_CWORD="$COMP_CWORD" \\
+        $t "${{COMP_WORDS[0]}}" 2>/dev/null
+}}
 complete -o default -F _udx udx
 """
 
@@ -168,6 +201,29 @@ def _choice_cases(tree: Cmd, action: Any) -> list[str]:
                 for n in o.names:
                     out.append(f'        "{key}|{n}") {action(o.choices)} ;;')
     return out
+
+
+ID_TIMEOUT = 3  # seconds: the scripts stop a udx asked for ids after this
+
+
+def _dynamic_option_cases(tree: Cmd, action: str) -> list[str]:
+    """`"path|--option") <action> ;;` for every option completed with ids."""
+    return [
+        f'        "{" ".join(node.path[1:])}|{n}") {action} ;;'
+        for node in _all(tree)
+        for o in node.options
+        if o.dynamic
+        for n in o.names
+    ] or ['        "-") ;;']
+
+
+def _dynamic_argument_cases(tree: Cmd, action: str) -> list[str]:
+    """`"path") <action> ;;` for every command whose argument is completed with ids."""
+    return [
+        f'        "{" ".join(node.path[1:])}") {action} ;;'
+        for node in _all(tree)
+        if node.dynamic_argument
+    ] or ['        "-") ;;']
 
 
 def zsh_completion(tree: Cmd) -> str:
@@ -192,10 +248,32 @@ _udx() {{
     case "$path|${{words[CURRENT-1]}}" in
 {chr(10).join(_choice_cases(tree, lambda c: f"candidates=({' '.join(c)}); _describe -t values 'value' candidates; return"))}
     esac
+    # Ids from the database, asked of udx itself (nothing rather than an error).
+    local -a ids
+    if [[ "${{words[CURRENT]}}" != -* ]]; then
+        case "$path|${{words[CURRENT-1]}}" in
+{chr(10).join(_dynamic_option_cases(tree, 'ids=(${(f)"$(_udx_ids)"})'))}
+        esac
+        if (( ! ${{#ids}} )) && [[ "${{words[CURRENT-1]}}" != -* ]]; then
+            case "$path" in
+{chr(10).join(_dynamic_argument_cases(tree, 'ids=(${(f)"$(_udx_ids)"})'))}
+            esac
+        fi
+        if (( ${{#ids}} )); then
+            compadd -a ids
+            return
+        fi
+    fi
     case "$path" in
 {chr(10).join(cases)}
     esac
     _describe -t udx 'udx' candidates
+}}
+_udx_ids() {{
+    local t=""
+    (( $+commands[timeout] )) && t="timeout {ID_TIMEOUT}"
+    env _UDX_COMPLETE=complete_bash COMP_WORDS="${{words[1,CURRENT]}}" \\
+        COMP_CWORD=$((CURRENT - 1)) ${{=t}} "${{words[1]}}" 2>/dev/null
 }}
 _udx "$@"
 """
@@ -209,6 +287,14 @@ def fish_completion(tree: Cmd) -> str:
     lines = [
         f"# fish completion for udx {__version__}. Generated by scripts/gen_docs.py; do not edit.",
         "complete -c udx -f",
+        "# Ids from the database, asked of udx itself (nothing rather than an error).",
+        "function __udx_ids",
+        "    set -l words (commandline -opc) (commandline -ct)",
+        "    set -l t",
+        f"    command -q timeout; and set t timeout {ID_TIMEOUT}",
+        '    env _UDX_COMPLETE=complete_bash COMP_WORDS="$words" '
+        "COMP_CWORD=(math (count $words) - 1) $t $words[1] 2>/dev/null",
+        "end",
     ]
     for node in _all(tree):
         depth = len(node.path) - 1
@@ -228,7 +314,11 @@ def fish_completion(tree: Cmd) -> str:
             req = " -r" if o.takes_value else ""
             if o.choices:
                 req += f" -f -a {_fq(' '.join(o.choices))}"
+            elif o.dynamic:
+                req += " -f -a '(__udx_ids)'"
             lines.append(f"complete -c udx -n '{cond}' {' '.join(flags)}{req} -d {_fq(o.help)}")
+        if node.dynamic_argument:
+            lines.append(f"complete -c udx -n '{cond}' -f -a '(__udx_ids)'")
     return "\n".join(lines) + "\n"
 
 

@@ -51,9 +51,10 @@ class UdxGroup(TyperGroup):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from udx.cli.examples import attach
+        from udx.cli import complete, examples
 
-        attach(self)
+        examples.attach(self)
+        complete.attach(self)
 
     def main(
         self,
