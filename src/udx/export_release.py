@@ -186,16 +186,15 @@ def carry_out(db: Database, deps: ExportSagaDeps, plan: ReleasePlan) -> ReleaseR
     done: list[str] = []
     if plan.detach is not None:
         address, volume_id = plan.detach
-        pantry = deps.pantry(address)
         try:
-            outcome = pantry.detach_ok_if_gone(volume_id)
+            # As the sagas detach: a pantry the inventory has out of service is
+            # "gone" at once, with no call (a dead one would cost a timeout first).
+            outcome = deps.detach_ok_if_gone(address, volume_id)
         except UdxError as err:
             raise Conflict(
                 f"detaching volume {volume_id} from pantry {address} failed: {err}; "
                 "nothing was released (fix the pantry and run release again)"
             ) from err
-        finally:
-            pantry.close()
         what = {
             "detached": "detached",
             "already_detached": "was not attached (the pantry had lost it)",

@@ -353,3 +353,51 @@ def test_abandon_force_while_the_lease_is_alive(cli: Udx, db: Database) -> None:
     r = cli.ok("saga", "abandon", str(sid), *args, "--force")
     assert "holds this saga until" in r.stdout and "udx export release" in r.stdout
     assert cli.json("saga", "show", str(sid))["saga_state"] == "abandoned"
+
+
+# --- a pantry already out of service: no timeout first (issue 12) -----------------------------
+
+
+SLOW_PANTRY = {"UDX_PANTRY_REQUEST_TIMEOUT_SECS": "5", "UDX_PANTRY_RETRY_BUDGET_SECS": "5"}
+
+
+def _expunge_and_hang(cli: Udx, sim: SimulatedPantry) -> int:
+    """Take `sim` out of service and make it hang: any call would cost a timeout."""
+    cli.ok("pantry", "expunge", str(sim.address), "--yes")
+    sim.set_latency(30)
+    return len(sim.requests)
+
+
+def test_release_against_a_pantry_out_of_service_does_not_wait(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    eid = requested_record(db)
+    sid = stuck_create(db, sims, eid)
+    vid = copy_volume_of(db, sid)
+    (holder,) = [s for s in sims if str(vid) in s.attachments]
+    before = _expunge_and_hang(cli, holder)
+    start = time.monotonic()
+    r = cli.ok("export", "release", str(eid), "--saga", str(sid), "--yes", env=SLOW_PANTRY)
+    took = time.monotonic() - start
+    holder.set_latency(0)
+    assert took < 3.0, took
+    assert len(holder.requests) == before  # not called at all
+    assert "pantry out of service: nothing to detach" in r.stdout
+    assert record(db, eid).state is ExportState.REQUESTED and volume_deleted(db, vid)
+
+
+def test_export_delete_against_a_pantry_out_of_service_does_not_wait(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    eid = requested_record(db)
+    cli.ok("pass")
+    rec = record(db, eid)
+    (holder,) = [s for s in sims if s.address == rec.pantry_address]
+    before = _expunge_and_hang(cli, holder)
+    start = time.monotonic()
+    out = cli.json("export", "delete", str(eid), "--yes", env=SLOW_PANTRY)
+    took = time.monotonic() - start
+    holder.set_latency(0)
+    assert out["outcome"] == "succeeded" and out["record"]["state"] == "deleted"
+    assert took < 3.0, took
+    assert len(holder.requests) == before
