@@ -1,0 +1,255 @@
+"""First pass at scale: N new resources to Live in one `udx pass`, is it linear?
+
+    python bench/first_pass.py [--quick] [--sizes 10000,50000,100000] [--concurrency 8]
+
+A throwaway PostgreSQL (udx.testing.pgcluster) gets one database per size N,
+seeded with `udx.seed.seed_fleet` (half snapshots, a quarter project images, a
+quarter silo images, each with its volume, regions and region snapshots) and 3
+pantries in the inventory: `udx pantry-sim` processes on 127.0.0.1/.2/.3,
+restarted for each size. Then one `udx pass --json` runs as a subprocess, as
+cron would run it (default settings but --concurrency), with:
+
+- its wall time and peak RSS (os.wait4's ru_maxrss, the whole process);
+- the rate over time: every record's `time_modified` is stamped when it goes
+  Live, so sorting them gives the completion curve; the rate over the first
+  and the last tenth of the records (and every tenth in between), their ratio
+  (goal: within 20%, a linear pass) and the pantry requests per export;
+- a check that every resource is Live and the pass reported no error.
+
+Goals (issue 13): the rate at the end within 20% of the rate at the start, and
+peak RSS at most 300 MB at 100k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import print_table, udx_executable, write_results
+from pass_throughput import Pantries
+
+GOAL_LINEAR = 0.8  # end rate / start rate at least this
+GOAL_RSS_MB = 300.0  # at 100k
+DECILES = 10
+
+
+def seed(cluster: Any, dbname: str, n: int, pantry_addrs: list[str]) -> float:
+    from udx.datastore import pantries
+    from udx.db.engine import open_database
+    from udx.db.migrate import upgrade
+    from udx.domain.address import PantryAddress
+    from udx.seed import seed_fleet
+
+    cluster.admin(f"CREATE DATABASE {dbname}")
+    db = open_database(cluster.url(dbname))
+    upgrade(db)
+    t0 = time.perf_counter()
+    with db.begin() as conn:
+        seed_fleet(
+            conn, snapshots=n // 2, project_images=n // 4, silo_images=n - n // 2 - n // 4, seed=7
+        )
+        for addr in pantry_addrs:
+            pantries.add(conn, PantryAddress.parse(addr))
+    with db.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
+    db.dispose()
+    return time.perf_counter() - t0
+
+
+def run_pass(udx: str, url: str, concurrency: int, workdir: Path, tag: str) -> dict[str, Any]:
+    """One `udx pass --json` in a child process: wall, peak RSS, its JSON."""
+    env = dict(os.environ, UDX_DATABASE_URL=url, HOME=str(workdir))
+    env.pop("UDX_CONFIG", None)
+    out_path = workdir / f"pass-{tag}.json"
+    err_path = workdir / f"pass-{tag}.err"
+    cmd = [udx, "pass", "--json", "--concurrency", str(concurrency), "--progress-every", "10"]
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    text = out_path.read_text()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise SystemExit(
+            f"udx pass exited {proc.returncode} without JSON: {err_path.read_text()[-800:]}"
+        ) from None
+    return {
+        "exit_code": proc.returncode,
+        "wall_s": wall,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux: kilobytes
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "errors": len(body.get("errors", [])),
+        "first_errors": body.get("errors", [])[:3],
+        "created": len(body.get("create_invoked_ok", [])),
+        "warnings": body.get("warnings", []),
+    }
+
+
+def completion_curve(url: str, n: int) -> dict[str, Any]:
+    """Rates per tenth of the records, from the times they went Live."""
+    from sqlalchemy import func, select
+
+    from udx.db.engine import open_database
+    from udx.db.schema import pass_run, user_data_export
+
+    t = user_data_export
+    db = open_database(url)
+    with db.connect() as conn:
+        times = [
+            r[0]
+            for r in conn.execute(
+                select(t.c.time_modified).where(t.c.state == "live").order_by(t.c.time_modified)
+            )
+        ]
+        started = conn.execute(select(func.min(pass_run.c.started))).scalar_one()
+    db.dispose()
+    live = len(times)
+    if live < DECILES * 2:
+        return {"live": live, "rates": []}
+    bounds = [started] + [times[(live * k) // DECILES - 1] for k in range(1, DECILES + 1)]
+    # The first tenth is timed from the pass start: it includes step 1 (probing
+    # the pantries) and creating the N records, as a linear pass must.
+    rates = []
+    for k in range(DECILES):
+        lo = (live * k) // DECILES
+        hi = (live * (k + 1)) // DECILES
+        secs = (bounds[k + 1] - bounds[k]).total_seconds()
+        rates.append((hi - lo) / secs if secs > 0 else float("inf"))
+    # The last record's rate alone would be noise: compare the second tenth (past
+    # the record creation) with the last one, and report the first too.
+    return {
+        "live": live,
+        "rates": rates,
+        "first_s": (times[0] - started).total_seconds(),
+        "span_s": (times[-1] - started).total_seconds(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1,000 resources (smoke test)")
+    ap.add_argument("--sizes", default=None, help="comma-separated resource counts")
+    ap.add_argument("--concurrency", type=int, default=8, help="sagas at once (udx default 8)")
+    ap.add_argument("--name", default="first_pass", help="results file name")
+    args = ap.parse_args()
+    sizes = [
+        int(s) for s in (args.sizes or ("1000" if args.quick else "10000,50000,100000")).split(",")
+    ]
+
+    from udx.testing.pgcluster import PostgresCluster
+
+    udx = udx_executable()
+    workdir = Path(tempfile.mkdtemp(prefix="udx-bench-first-"))
+    pantries = Pantries(udx, workdir)
+    cluster = PostgresCluster().start()
+    results: list[dict[str, Any]] = []
+    try:
+        for n in sizes:
+            dbname = f"first_{n}"
+            seed_s = seed(cluster, dbname, n, pantries.addresses)
+            print(f"N={n}: seeded in {seed_s:.1f}s", flush=True)
+            pantries.start(f"n{n}")
+            try:
+                run = run_pass(udx, cluster.url(dbname), args.concurrency, workdir, f"n{n}")
+            finally:
+                pantries.stop()
+            curve = completion_curve(cluster.url(dbname), n)
+            requests = pantries.requests()
+            rates = curve["rates"]
+            entry: dict[str, Any] = {
+                "resources": n,
+                "seed_s": seed_s,
+                **run,
+                **curve,
+                "exports_per_s": curve["live"] / run["wall_s"],
+                "pantry_requests": requests,
+                "pantry_requests_per_export": sum(requests.values()) / max(curve["live"], 1),
+            }
+            if rates:
+                entry["rate_start"] = rates[1]
+                entry["rate_end"] = rates[-1]
+                entry["end_over_start"] = rates[-1] / rates[1]
+            results.append(entry)
+            print(
+                f"N={n}: {curve['live']}/{n} live in {run['wall_s']:.1f}s "
+                f"({entry['exports_per_s']:.1f}/s), exit {run['exit_code']}, errors "
+                f"{run['errors']}, peak RSS {run['peak_rss_mb']:.0f} MB, CPU {run['cpu_s']:.0f}s; "
+                "rate per tenth: " + " ".join(f"{r:.0f}" for r in rates),
+                flush=True,
+            )
+            if curve["live"] != n or run["errors"] or run["exit_code"]:
+                print(f"  WARNING: not all Live, or errors: {run['first_errors']}", flush=True)
+            cluster.admin(f"DROP DATABASE {dbname}")
+    finally:
+        pantries.stop()
+        cluster.stop()
+    rows = [
+        [
+            e["resources"],
+            f"{e['live']}/{e['resources']}",
+            e["wall_s"],
+            e["exports_per_s"],
+            e.get("rate_start", "-"),
+            e.get("rate_end", "-"),
+            f"{e['end_over_start']:.2f}" if "end_over_start" in e else "-",
+            e["peak_rss_mb"],
+            e["pantry_requests_per_export"],
+            e["errors"],
+        ]
+        for e in results
+    ]
+    print_table(
+        f"first pass: N new resources to Live, concurrency {args.concurrency}, 3 simulated "
+        "pantries, PostgreSQL",
+        [
+            "N",
+            "live",
+            "wall s",
+            "exports/s",
+            "rate 2nd tenth",
+            "rate last tenth",
+            "end/start",
+            "peak RSS MB",
+            "HTTP/export",
+            "errors",
+        ],
+        rows,
+    )
+    for e in results:
+        lin = e.get("end_over_start")
+        ok_lin = lin is not None and lin >= GOAL_LINEAR
+        line = f"N={e['resources']}: linear (end/start >= {GOAL_LINEAR}): " + (
+            f"{'met' if ok_lin else 'NOT met'} ({lin:.2f})" if lin is not None else "n/a"
+        )
+        if e["resources"] >= 100_000:
+            rss = e["peak_rss_mb"]
+            verdict = "met" if rss <= GOAL_RSS_MB else "NOT met"
+            line += f"; peak RSS <= {GOAL_RSS_MB:.0f} MB: {verdict} ({rss:.0f} MB)"
+        print(line)
+    path = write_results(
+        args.name,
+        {
+            "command": "udx pass --json --concurrency C (one first pass per N)",
+            "concurrency": args.concurrency,
+            "runs": results,
+            "goal_end_over_start": GOAL_LINEAR,
+            "goal_peak_rss_mb_at_100k": GOAL_RSS_MB,
+        },
+    )
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
