@@ -1,26 +1,30 @@
 """The machine's bound for a first pass, measured in the same run, and udx's ratio to it.
 
     python bench/limit.py [--quick] [--resources 1000] [--concurrency 1,4,16] [--secs 10]
+                          [--engines postgresql,sqlite]
 
-Three measurements per concurrency, back to back on one throwaway PostgreSQL
-(udx.testing.pgcluster) and three `udx pantry-sim` processes (as
-bench/pass_throughput.py sets them up):
+Three measurements per engine and concurrency, back to back on one throwaway
+PostgreSQL (udx.testing.pgcluster) or one SQLite file, and three `udx pantry-sim`
+processes (as bench/pass_throughput.py sets them up):
 
 - database bound: pgbench running the minimal SQL of one export (the script
   below: the saga row, the record going assigning, the volume copy and its
   region-snapshot references, the node events, then live and done; two
   transactions, as a saga needs one on each side of the pantry call), for
-  --secs at that many clients. Exports per second = pgbench's tps.
+  --secs at that many clients. Exports per second = pgbench's tps. On SQLite:
+  the same statements through Python's sqlite3 module (a thin C binding), one
+  connection per thread, WAL and BEGIN IMMEDIATE as udx opens them.
 - pantry bound: a tight httpx client (one per thread) doing what one export
-  needs of a pantry, a status call and an attach of a fresh volume copy, round
-  robin over the three simulators, for --secs. The simulators are restarted for
-  each concurrency so their status answers start small.
+  needs of a pantry, the attach of a fresh volume copy (a pass probes each
+  pantry once, not per export), round robin over the three simulators, for
+  --secs. The simulators are restarted for each run.
 - udx: one `coordinator.run_pass()` taking --resources new resources to Live
-  (bench/pass_throughput.py's `one_pass`, not profiled).
+  (bench/pass_throughput.py's `one_pass`, not profiled; on SQLite the same on a
+  copy of a seeded file).
 
 The bound is the smaller of the two; udx's ratio is its rate over that bound.
-Goal (issue 13): at least 0.6 at concurrency 4 on PostgreSQL. Numbers taken on a
-loaded machine are noise: run it on a quiet one.
+Goal (issue 13): at least 0.6 at concurrency 4, on PostgreSQL and on SQLite.
+Numbers taken on a loaded machine are noise: run it on a quiet one.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import json
 import os
 import random
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -151,7 +157,7 @@ def database_bound(
 
 
 def pantry_bound(addresses: list[str], request: dict[str, Any], clients: int, secs: float) -> float:
-    """Status + attach pairs per second, `clients` threads each with its own client."""
+    """Attaches per second, `clients` threads each with its own client."""
     import httpx
 
     from udx.datastore.volumes import copy_request
@@ -169,7 +175,6 @@ def pantry_bound(addresses: list[str], request: dict[str, Any], clients: int, se
                 vid = uuid.uuid4()
                 body = {"volume_construction_request": copy_request(request, vid)}
                 try:
-                    http.get(base).raise_for_status()
                     http.post(f"{base}/volume/{vid}", json=body).raise_for_status()
                 except httpx.HTTPError as err:
                     errors.append(str(err))
@@ -189,13 +194,171 @@ def pantry_bound(addresses: list[str], request: dict[str, Any], clients: int, se
     return sum(done) / wall
 
 
-def a_source_request(cluster: Any) -> dict[str, Any]:
+# The same minimal SQL for SQLite (text ids and times, as udx stores them).
+SQLITE_FIRST = [
+    "INSERT INTO saga (id, creator, time_created, name, params, saga_state, current_sec, "
+    "adopt_generation, adopt_time, lease_expires) VALUES (:sid, :sid, :now, 'export-create', "
+    ":params, 'running', :sid, 1, :now, :now)",
+    "INSERT INTO user_data_export (id, state, operating_saga_id, generation, resource_id, "
+    "resource_type, resource_deleted, time_created, time_modified) "
+    "VALUES (:eid, 'assigning', :lock, 2, :rid, 'snapshot', 0, :now, :now)",
+    "INSERT INTO volume (id, time_created, time_modified, rcgen, data) "
+    "SELECT :vid, :now, :now, 1, data FROM volume WHERE id = :src",
+    "SELECT count(*) FROM region_snapshot WHERE snapshot_addr IN (SELECT value FROM "
+    "json_each(:addrs))",
+    "INSERT INTO volume_resource_usage (usage_id, volume_id, usage_type, region_id, "
+    "region_snapshot_dataset_id, region_snapshot_region_id, region_snapshot_snapshot_id) "
+    "SELECT lower(hex(randomblob(16))), :vid, usage_type, region_id, "
+    "region_snapshot_dataset_id, region_snapshot_region_id, region_snapshot_snapshot_id "
+    "FROM volume_resource_usage WHERE volume_id = :src",
+    "INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) "
+    "VALUES (:sid, 'generate_ids', 'succeeded', '{}', :now, :sid), "
+    "(:sid, 'read_generation', 'succeeded', '{}', :now, :sid), "
+    "(:sid, 'lock', 'succeeded', NULL, :now, :sid), "
+    "(:sid, 'copy_volume', 'succeeded', '{}', :now, :sid), "
+    "(:sid, 'pick_pantry', 'succeeded', '\"127.0.0.1:17000\"', :now, :sid), "
+    "(:sid, 'attach', 'started', NULL, :now, :sid)",
+]
+SQLITE_SECOND = [
+    "INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) "
+    "VALUES (:sid, 'attach', 'succeeded', NULL, :now, :sid), "
+    "(:sid, 'go_live', 'succeeded', NULL, :now, :sid)",
+    "UPDATE user_data_export SET state = 'live', operating_saga_id = NULL, "
+    "pantry_ip = '127.0.0.1', pantry_port = 17000, volume_id = :vid, time_modified = :now "
+    "WHERE id = :eid AND operating_saga_id = :lock",
+    "UPDATE saga SET saga_state = 'done', outcome = 'succeeded', lease_expires = NULL "
+    "WHERE id = :sid",
+]
+
+
+def make_sqlite_template(path: Path, n: int, pantry_addrs: list[str]) -> None:
+    from udx.datastore import pantries
+    from udx.db.engine import open_database
+    from udx.db.migrate import upgrade
+    from udx.domain.address import PantryAddress
+    from udx.seed import seed_fleet
+
+    db = open_database(f"sqlite:///{path}")
+    upgrade(db)
+    with db.begin() as conn:
+        seed_fleet(
+            conn, snapshots=n // 2, project_images=n // 4, silo_images=n - n // 2 - n // 4, seed=7
+        )
+        for addr in pantry_addrs:
+            pantries.add(conn, PantryAddress.parse(addr))
+    db.dispose()
+
+
+def sqlite_database_bound(template: Path, clients: int, secs: float, workdir: Path) -> float:
+    """Exports per second of the minimal SQL on a copy of the template."""
+    path = workdir / f"bound-c{clients}.db"
+    shutil.copyfile(template, path)
+    setup = sqlite3.connect(path)
+    sources = [
+        (str(vid), json.dumps(_targets(data)))
+        for vid, data in setup.execute(
+            "SELECT v.id, v.data FROM volume v JOIN snapshot s ON s.volume_id = v.id LIMIT ?",
+            (SOURCES,),
+        )
+    ]
+    setup.close()
+    stop = time.perf_counter() + secs
+    done = [0] * clients
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        rng = random.Random(i)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        n = 0
+        try:
+            while time.perf_counter() < stop:
+                src, addrs = sources[rng.randrange(len(sources))]
+                now = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
+                eid = str(uuid.uuid4())
+                args = {
+                    "sid": str(uuid.uuid4()),
+                    "eid": eid,
+                    "vid": str(uuid.uuid4()),
+                    "lock": str(uuid.uuid4()),
+                    "rid": str(uuid.uuid4()),
+                    "src": src,
+                    "addrs": addrs,
+                    "now": now,
+                    "params": json.dumps({"export_id": eid}),
+                }
+                for batch in (SQLITE_FIRST, SQLITE_SECOND):
+                    conn.execute("BEGIN IMMEDIATE")
+                    for stmt in batch:
+                        conn.execute(stmt, args).fetchall()
+                    conn.execute("COMMIT")
+                n += 1
+        except sqlite3.Error as err:
+            errors.append(str(err))
+        finally:
+            conn.close()
+            done[i] = n
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise SystemExit(f"sqlite bound: {errors[0]}")
+    return sum(done) / wall
+
+
+def _targets(data: str) -> list[str]:
+    from udx.datastore.volumes import read_only_targets
+
+    return list(read_only_targets(json.loads(data)))
+
+
+def sqlite_pass(template: Path, concurrency: int, workdir: Path) -> dict[str, Any]:
+    """One coordinator pass on a copy of the template: the same fields as one_pass."""
+    from sqlalchemy import func, select
+
+    from udx.config import Settings
+    from udx.db.engine import open_database
+    from udx.db.schema import user_data_export
+    from udx.runtime import build_runtime
+
+    path = workdir / f"pass-c{concurrency}.db"
+    shutil.copyfile(template, path)
+    db = open_database(f"sqlite:///{path}")
+    rt = build_runtime(db, Settings(), concurrency=concurrency)
+    try:
+        t0 = time.perf_counter()
+        status = rt.coordinator.run_pass()
+        wall = time.perf_counter() - t0
+    finally:
+        rt.close()
+    with db.connect() as conn:
+        live = conn.execute(
+            select(func.count()).where(user_data_export.c.state == "live")
+        ).scalar_one()
+    db.dispose()
+    return {
+        "wall_s": wall,
+        "live": int(live),
+        "errors": status.errors[:5],
+        "error_count": len(status.errors),
+        "exports_per_s": live / wall,
+    }
+
+
+def a_source_request(url: str) -> dict[str, Any]:
     from sqlalchemy import select
 
     from udx.db.engine import open_database
     from udx.db.schema import snapshot, volume
 
-    db = open_database(cluster.url("pass_template"))
+    db = open_database(url)
     with db.connect() as conn:
         data = conn.execute(
             select(volume.c.data).join(snapshot, snapshot.c.volume_id == volume.c.id).limit(1)
@@ -209,64 +372,91 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     ap.add_argument("--resources", type=int, default=None, help="udx's pass (default 1000)")
     ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--engines", default="postgresql,sqlite")
     ap.add_argument("--secs", type=float, default=None, help="each bound's run (default 10)")
     ap.add_argument("--name", default="limit", help="results file name")
     args = ap.parse_args()
     n = args.resources or (60 if args.quick else 1000)
     secs = args.secs or (2.0 if args.quick else 10.0)
     levels = [int(c) for c in args.concurrency.split(",")]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
 
     from udx.testing.pgcluster import PostgresCluster
 
     udx = udx_executable()
     workdir = Path(tempfile.mkdtemp(prefix="udx-bench-limit-"))
     pantries = Pantries(udx, workdir)
-    cluster = PostgresCluster().start()
     results: list[dict[str, Any]] = []
+
+    def pantry_rate(c: int, request: dict[str, Any]) -> float:
+        pantries.start(f"bound-c{c}")
+        try:
+            return pantry_bound(pantries.addresses, request, c, secs)
+        finally:
+            pantries.stop()
+
+    def record(engine: str, c: int, db_rate: float, p_rate: float, timed: dict[str, Any]) -> None:
+        bound = min(db_rate, p_rate)
+        entry = {
+            "engine": engine,
+            "concurrency": c,
+            "database_exports_per_s": db_rate,
+            "pantry_exports_per_s": p_rate,
+            "bound_exports_per_s": bound,
+            "udx": timed,
+            "ratio": timed["exports_per_s"] / bound,
+        }
+        results.append(entry)
+        print(
+            f"{engine} concurrency {c}: database {db_rate:.0f}/s, pantry {p_rate:.0f}/s, "
+            f"udx {timed['exports_per_s']:.1f}/s ({timed['live']}/{n} live, "
+            f"{timed['error_count']} errors): ratio {entry['ratio']:.2f}",
+            flush=True,
+        )
+
     try:
-        t0 = time.perf_counter()
-        make_template(cluster, n, pantries.addresses)
-        print(f"seeded {n} resources in {time.perf_counter() - t0:.1f}s", flush=True)
-        request = a_source_request(cluster)
-        for c in levels:
-            dbname = f"limit_c{c}"
-            sources = prepare_database_bound(cluster, dbname)
-            db_tps = database_bound(cluster, dbname, sources, c, secs, workdir)
-            cluster.admin(f"DROP DATABASE {dbname}")
-            pantries.start(f"bound-c{c}")
+        if "postgresql" in engines:
+            cluster = PostgresCluster().start()
             try:
-                pantry_rate = pantry_bound(pantries.addresses, request, c, secs)
+                t0 = time.perf_counter()
+                make_template(cluster, n, pantries.addresses)
+                print(f"seeded {n} resources in {time.perf_counter() - t0:.1f}s", flush=True)
+                request = a_source_request(cluster.url("pass_template"))
+                for c in levels:
+                    dbname = f"limit_c{c}"
+                    sources = prepare_database_bound(cluster, dbname)
+                    db_tps = database_bound(cluster, dbname, sources, c, secs, workdir)
+                    cluster.admin(f"DROP DATABASE {dbname}")
+                    p_rate = pantry_rate(c, request)
+                    pantries.start(f"udx-c{c}")
+                    try:
+                        timed = one_pass(cluster, f"pass_c{c}", c, profile=False)
+                    finally:
+                        pantries.stop()
+                    record("postgresql", c, db_tps, p_rate, timed)
             finally:
-                pantries.stop()
-            pantries.start(f"udx-c{c}")
-            try:
-                timed = one_pass(cluster, f"pass_c{c}", c, profile=False)
-            finally:
-                pantries.stop()
-            bound = min(db_tps, pantry_rate)
-            entry = {
-                "concurrency": c,
-                "database_exports_per_s": db_tps,
-                "pantry_exports_per_s": pantry_rate,
-                "bound_exports_per_s": bound,
-                "udx": timed,
-                "ratio": timed["exports_per_s"] / bound,
-            }
-            results.append(entry)
-            print(
-                f"concurrency {c}: database {db_tps:.0f}/s, pantry {pantry_rate:.0f}/s, "
-                f"udx {timed['exports_per_s']:.1f}/s ({timed['live']}/{n} live, "
-                f"{timed['error_count']} errors): ratio {entry['ratio']:.2f}",
-                flush=True,
-            )
+                cluster.stop()
+        if "sqlite" in engines:
+            template = workdir / "template.db"
+            make_sqlite_template(template, n, pantries.addresses)
+            request = a_source_request(f"sqlite:///{template}")
+            for c in levels:
+                db_rate = sqlite_database_bound(template, c, secs, workdir)
+                p_rate = pantry_rate(c, request)
+                pantries.start(f"udx-sqlite-c{c}")
+                try:
+                    timed = sqlite_pass(template, c, workdir)
+                finally:
+                    pantries.stop()
+                record("sqlite", c, db_rate, p_rate, timed)
     finally:
         pantries.stop()
-        cluster.stop()
     print_table(
-        "udx's first pass against the machine's bound (PostgreSQL, 3 simulated pantries)",
-        ["concurrency", "db bound/s", "pantry bound/s", "bound/s", "udx/s", "ratio"],
+        "udx's first pass against the machine's bound (3 simulated pantries)",
+        ["engine", "concurrency", "db bound/s", "pantry bound/s", "bound/s", "udx/s", "ratio"],
         [
             [
+                e["engine"],
                 e["concurrency"],
                 e["database_exports_per_s"],
                 e["pantry_exports_per_s"],
@@ -277,11 +467,13 @@ def main() -> None:
             for e in results
         ],
     )
-    at_goal = [e for e in results if e["concurrency"] == GOAL_CONCURRENCY]
-    if at_goal:
-        ratio = at_goal[0]["ratio"]
-        verdict = "met" if ratio >= GOAL_RATIO else "NOT met"
-        print(f"\ngoal ratio >= {GOAL_RATIO} at concurrency {GOAL_CONCURRENCY}: {verdict}")
+    for e in results:
+        if e["concurrency"] == GOAL_CONCURRENCY:
+            verdict = "met" if e["ratio"] >= GOAL_RATIO else "NOT met"
+            print(
+                f"goal ratio >= {GOAL_RATIO} at concurrency {GOAL_CONCURRENCY} on {e['engine']}: "
+                f"{verdict} ({e['ratio']:.2f})"
+            )
     path = write_results(
         args.name,
         {
