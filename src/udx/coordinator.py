@@ -89,6 +89,8 @@ class PassStatus:
     pantries_up: dict[str, bool] = field(default_factory=dict, repr=False)
     # Not in the JSON: what --prune-older-than removed (None: it did not run).
     pruned: PruneCount | None = field(default=None, repr=False)
+    # Not in the JSON: step 1 reported the records whose pantry is no address.
+    bad_rows_reported: bool = field(default=False, repr=False)
 
     @property
     def failed(self) -> bool:
@@ -157,6 +159,7 @@ class PlannedStep:
 class DryRunReport:
     steps: list[PlannedStep] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    bad_rows_reported: bool = field(default=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"dry_run": True, "steps": [asdict(s) for s in self.steps], "errors": self.errors}
@@ -221,6 +224,7 @@ class Coordinator:
             with self.db.connect() as conn:
                 bad = exports.invalid_pantry_spellings(conn)
             status.errors.extend(s.describe() for s in bad)
+            status.bad_rows_reported = True
         except UdxError as err:
             status.errors.append(f"cannot check for invalid pantry addresses: {err}")
         if not addresses:
@@ -497,6 +501,8 @@ class Coordinator:
             elif rec.state is ExportState.LIVE:
                 if rec.volume_id is None:
                     status.errors.append(f"export {rec.id} is live without a volume id")
+                elif rec.pantry_problem is not None:
+                    _skip_bad_row(rec, status)
                 else:
                     deletes.append(rec)
             elif rec.state is ExportState.DELETED:
@@ -781,8 +787,26 @@ class Coordinator:
                 ExportState.DELETING: "skip (a delete saga owns it)",
                 ExportState.DELETED: "skip (already deleted; an error)",
             }[rec.state]
+            if rec.state is ExportState.LIVE and rec.pantry_problem is not None:
+                action = "skip (its pantry is not an address: fix the row first)"
+                _skip_bad_row(rec, report)
             report.steps.append(_step("4-delete", action, rec))
         return report
+
+
+def _skip_bad_row(rec: UserDataExport, status: PassStatus | DryRunReport) -> None:
+    """A Live record marked for deletion whose pantry is not an address: no
+    delete saga starts (it could not detach, and would unwind on every pass).
+    Step 1 reported it with the fix, once per spelling, as for every bad row;
+    when step 1 could not (no inventory), it is reported here, once."""
+    if status.bad_rows_reported:
+        return
+    from udx.datastore.exports import pantry_fix
+
+    status.errors.append(
+        f"export {rec.id} names pantry {rec.pantry_text!r}, which is not an address "
+        f"({rec.pantry_problem}): not deleted; fix it by hand: {pantry_fix(rec)}"
+    )
 
 
 def _item_json(item: Any) -> dict[str, Any]:

@@ -328,9 +328,8 @@ def _conclude(d: Diagnosis) -> None:
     if rec.pantry_problem is not None:
         d.needs_person = True
         d.verdict = f"live on {rec.pantry_text}, which is not an address: {rec.pantry_problem}"
-        d.command = (
-            "UPDATE user_data_export SET pantry_ip = '<ip>', pantry_port = <port> "
-            f"WHERE id = '{rec.id}'"
-        )
+        from udx.datastore.exports import pantry_fix
+
+        d.command = pantry_fix(rec)
         return
     d.verdict = f"healthy: live on {rec.pantry_address}"

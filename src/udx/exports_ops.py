@@ -67,6 +67,14 @@ def delete_export(rt: Runtime, export_id: uuid.UUID) -> ExportOpResult:
     from udx.datastore import exports
 
     def mark(conn: Any) -> UserDataExport:
+        rec = exports.get_required(conn, export_id)
+        if rec.state is ExportState.LIVE and rec.pantry_problem is not None:
+            # As a pass skips it: the delete saga could not detach from it.
+            raise Conflict(
+                f"export {rec.id} names pantry {rec.pantry_text!r}, which is not an address "
+                f"({rec.pantry_problem}): nothing was changed; fix it by hand first: "
+                f"{exports.pantry_fix(rec)}"
+            )
         exports.mark_for_deletion(conn, export_id)
         return exports.get_required(conn, export_id)
 

@@ -275,3 +275,73 @@ def test_records_are_written_in_the_canonical_spelling(
         assert list(conn.execute(select(pantry.c.address)).scalars()) == [str(sims[0].address)]
         ips = set(conn.execute(select(user_data_export.c.pantry_ip)).scalars())
     assert ips == {sims[0].address.ip_text}
+
+
+def test_a_marked_record_whose_pantry_is_not_an_address_is_not_started(
+    db: Database, cli: Udx, sims: list[SimulatedPantry]
+) -> None:
+    """Its delete saga could not detach from `garbage`: it used to unwind on every
+    pass. Now it is reported once per pass with the fix, and no saga starts."""
+    from udx.db.schema import saga
+
+    with db.begin() as conn:
+        pantry_sql.add(conn, sims[0].address)
+        seed.seed_fleet(conn, snapshots=2, project_images=0, silo_images=0)
+    _live_everywhere(cli)
+    with db.connect() as conn:
+        bad, good = exports.list_exports(conn, states=[ExportState.LIVE])
+    with db.begin() as conn:
+        conn.execute(
+            update(user_data_export)
+            .where(user_data_export.c.id == bad.id)
+            .values(pantry_ip="garbage", resource_deleted=True)
+        )
+        exports.mark_for_deletion(conn, good.id)
+
+    def sagas() -> int:
+        """The sagas of the bad record."""
+        with db.connect() as conn:
+            params = conn.execute(select(saga.c.params)).scalars().all()
+        return sum(str(bad.id) in p for p in params)
+
+    before = sagas()
+    for _ in range(2):
+        r = cli("pass", "--json")
+        assert r.exit_code == 1, r.stderr
+        status = json.loads(r.stdout)
+        about_bad = [e for e in status["errors"] if "garbage" in e]
+        assert len(about_bad) == 1, status["errors"]  # once per pass, with the fix
+        assert "UPDATE user_data_export" in about_bad[0] and "not deleted" in about_bad[0]
+        assert [e for e in status["errors"] if "garbage" not in e] == [], status["errors"]
+        assert all(i["export_id"] != str(bad.id) for i in status["delete_invoked_ok"])
+    assert sagas() == before  # no saga for the bad one
+    with db.connect() as conn:
+        after = {r.id: r for r in exports.list_exports(conn)}
+    assert after[good.id].state is ExportState.DELETED
+    assert after[bad.id].state is ExportState.LIVE and after[bad.id].resource_deleted
+    assert after[bad.id].generation == bad.generation  # never locked, never unwound
+    assert str(bad.volume_id) in sims[0].attachments  # still attached: nothing detached it
+
+    plan = json.loads(cli("pass", "--dry-run", "--json").stdout)
+    (step,) = [s for s in plan["steps"] if s["export_id"] == str(bad.id)]
+    assert step["step"] == "4-delete" and "not an address" in step["action"]
+    assert len([e for e in plan["errors"] if "garbage" in e]) == 1
+
+    # `udx export delete` refuses it too, changing nothing, naming the fix.
+    r = cli("export", "delete", str(bad.id), "--yes")
+    line = assert_one_line_error(r, 1, "not an address", "UPDATE user_data_export")
+    assert str(bad.id) in line
+    assert sagas() == before
+
+    # Fixed by hand as told: the next pass deletes it.
+    with db.begin() as conn:
+        conn.execute(
+            update(user_data_export)
+            .where(user_data_export.c.id == bad.id)
+            .values(pantry_ip=sims[0].address.ip_text)
+        )
+    status = cli.json("pass")
+    assert [i["outcome"] for i in status["delete_invoked_ok"]] == ["succeeded"]
+    with db.connect() as conn:
+        assert exports.get_required(conn, bad.id).state is ExportState.DELETED
+    assert str(bad.volume_id) not in sims[0].attachments

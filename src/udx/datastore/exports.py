@@ -656,10 +656,18 @@ class PantrySpelling:
         ip = self.ip.replace("'", "''")
         return (
             f"{self.records} export record(s) name pantry {self.text!r}, which is not an "
-            f"address ({self.problem}): skipped (not checked, not marked); fix them by hand: "
-            f"UPDATE user_data_export SET pantry_ip = '<ip>', pantry_port = <port> "
+            f"address ({self.problem}): skipped (not checked, not marked, not deleted); "
+            f"fix them by hand: {_FIX_PANTRY} "
             f"WHERE pantry_ip = '{ip}' AND pantry_port = {self.port}"
         )
+
+
+_FIX_PANTRY = "UPDATE user_data_export SET pantry_ip = '<ip>', pantry_port = <port>"
+
+
+def pantry_fix(rec: UserDataExport) -> str:
+    """The statement that fixes one record whose pantry is not an address."""
+    return f"{_FIX_PANTRY} WHERE id = '{rec.id}'"
 
 
 _SPELLINGS = (
