@@ -14,7 +14,13 @@ cron would run it (default settings but --concurrency), with:
   Live, so sorting them gives the completion curve; the rate over the first
   and the last tenth of the records (and every tenth in between), their ratio
   (goal: within 20%, a linear pass) and the pantry requests per export;
-- a check that every resource is Live and the pass reported no error.
+- a check that every resource is Live and the pass reported no error;
+- then a second pass with nothing to do (every record in step, each pantry
+  holding N/3 attachments), timed: what each cron period costs afterwards.
+
+With --deadline SECS the first pass is instead a series of bounded passes
+(`udx pass --deadline SECS`, as the README's cron entry), run back to back until
+nothing is deferred: how many periods a fleet that size needs to converge.
 
 Goals (issue 13): the rate at the end within 20% of the rate at the start, and
 peak RSS at most 300 MB at 100k.
@@ -65,13 +71,16 @@ def seed(cluster: Any, dbname: str, n: int, pantry_addrs: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def run_pass(udx: str, url: str, concurrency: int, workdir: Path, tag: str) -> dict[str, Any]:
+def run_pass(
+    udx: str, url: str, concurrency: int, workdir: Path, tag: str, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """One `udx pass --json` in a child process: wall, peak RSS, its JSON."""
     env = dict(os.environ, UDX_DATABASE_URL=url, HOME=str(workdir))
     env.pop("UDX_CONFIG", None)
     out_path = workdir / f"pass-{tag}.json"
     err_path = workdir / f"pass-{tag}.err"
     cmd = [udx, "pass", "--json", "--concurrency", str(concurrency), "--progress-every", "10"]
+    cmd += extra
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
@@ -93,6 +102,7 @@ def run_pass(udx: str, url: str, concurrency: int, workdir: Path, tag: str) -> d
         "errors": len(body.get("errors", [])),
         "first_errors": body.get("errors", [])[:3],
         "created": len(body.get("create_invoked_ok", [])),
+        "deferred": int(body.get("deferred", 0)),
         "warnings": body.get("warnings", []),
     }
 
@@ -142,6 +152,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1,000 resources (smoke test)")
     ap.add_argument("--sizes", default=None, help="comma-separated resource counts")
     ap.add_argument("--concurrency", type=int, default=8, help="sagas at once (udx default 8)")
+    ap.add_argument("--deadline", type=float, default=None, help="bounded passes of SECS")
     ap.add_argument("--name", default="first_pass", help="results file name")
     args = ap.parse_args()
     sizes = [
@@ -161,8 +172,34 @@ def main() -> None:
             seed_s = seed(cluster, dbname, n, pantries.addresses)
             print(f"N={n}: seeded in {seed_s:.1f}s", flush=True)
             pantries.start(f"n{n}")
+            bounded: list[dict[str, Any]] = []
             try:
-                run = run_pass(udx, cluster.url(dbname), args.concurrency, workdir, f"n{n}")
+                url = cluster.url(dbname)
+                if args.deadline is None:
+                    run = run_pass(udx, url, args.concurrency, workdir, f"n{n}")
+                else:
+                    extra = ("--deadline", str(args.deadline))
+                    t0 = time.perf_counter()
+                    while True:
+                        tag = f"n{n}-{len(bounded)}"
+                        one = run_pass(udx, url, args.concurrency, workdir, tag, extra)
+                        bounded.append(one)
+                        print(
+                            f"  bounded pass {len(bounded)}: {one['wall_s']:.1f}s, "
+                            f"{one['created']} sagas, deferred {one['deferred']}, exit "
+                            f"{one['exit_code']}, peak RSS {one['peak_rss_mb']:.0f} MB",
+                            flush=True,
+                        )
+                        if one["deferred"] == 0 or len(bounded) > 50:
+                            break
+                    run = {
+                        **bounded[-1],
+                        "wall_s": time.perf_counter() - t0,
+                        "peak_rss_mb": max(b["peak_rss_mb"] for b in bounded),
+                        "errors": sum(b["errors"] for b in bounded),
+                        "exit_code": max(b["exit_code"] for b in bounded),
+                    }
+                noop = run_pass(udx, url, args.concurrency, workdir, f"n{n}-noop")
             finally:
                 pantries.stop()
             curve = completion_curve(cluster.url(dbname), n)
@@ -176,6 +213,10 @@ def main() -> None:
                 "exports_per_s": curve["live"] / run["wall_s"],
                 "pantry_requests": requests,
                 "pantry_requests_per_export": sum(requests.values()) / max(curve["live"], 1),
+                "noop_pass_s": noop["wall_s"],
+                "noop_pass_rss_mb": noop["peak_rss_mb"],
+                "noop_pass_sagas": noop["created"],
+                "bounded_passes": bounded,
             }
             if rates:
                 entry["rate_start"] = rates[1]
@@ -185,7 +226,8 @@ def main() -> None:
             print(
                 f"N={n}: {curve['live']}/{n} live in {run['wall_s']:.1f}s "
                 f"({entry['exports_per_s']:.1f}/s), exit {run['exit_code']}, errors "
-                f"{run['errors']}, peak RSS {run['peak_rss_mb']:.0f} MB, CPU {run['cpu_s']:.0f}s; "
+                f"{run['errors']}, peak RSS {run['peak_rss_mb']:.0f} MB, CPU {run['cpu_s']:.0f}s, "
+                f"no-op pass {noop['wall_s']:.1f}s; "
                 "rate per tenth: " + " ".join(f"{r:.0f}" for r in rates),
                 flush=True,
             )
@@ -206,6 +248,8 @@ def main() -> None:
             f"{e['end_over_start']:.2f}" if "end_over_start" in e else "-",
             e["peak_rss_mb"],
             e["pantry_requests_per_export"],
+            e["noop_pass_s"],
+            len(e["bounded_passes"]) or "-",
             e["errors"],
         ]
         for e in results
@@ -223,6 +267,8 @@ def main() -> None:
             "end/start",
             "peak RSS MB",
             "HTTP/export",
+            "no-op pass s",
+            "passes",
             "errors",
         ],
         rows,
@@ -243,6 +289,7 @@ def main() -> None:
         {
             "command": "udx pass --json --concurrency C (one first pass per N)",
             "concurrency": args.concurrency,
+            "deadline_secs": args.deadline,
             "runs": results,
             "goal_end_over_start": GOAL_LINEAR,
             "goal_peak_rss_mb_at_100k": GOAL_RSS_MB,
