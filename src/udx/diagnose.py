@@ -247,8 +247,14 @@ def _conclude(d: Diagnosis) -> None:
             )
             d.command = f"udx saga retry-undo {s.id}"
         else:
-            d.verdict = f"saga {s.id} is done ({s.outcome}) yet still holds the record: release it"
-            d.command = release
+            # Its last transition would have released the lock: the log does not
+            # explain the record, and `udx export release` refuses such a saga.
+            d.verdict = (
+                f"saga {s.id} is done ({s.outcome}) yet still holds the record, which its "
+                "log cannot explain (release refuses it): look at the saga and the "
+                "pantries by hand"
+            )
+            d.command = f"udx saga show {s.id}"
         return
     last = d.latest
     if st is ExportState.REQUESTED:

@@ -526,3 +526,151 @@ def test_diagnose_shows_the_usage_of_a_create_sagas_copy(
 
         use = volumes.volume_usage(conn, uuid.UUID(vol["id"]))
     assert use is not None and not use.live and use.exact and not use.held
+
+
+# --- diagnose: the remaining record states and saga outcomes (issue 12's Tests audit) ------
+
+
+def test_diagnose_a_deleting_record_held_by_its_delete_saga(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    eid = requested_record(db)
+    cli.ok("pass")
+    d = diagnose(cli, eid, 0)
+    assert d["latest_saga"]["name"] == "export-create"
+    assert d["latest_saga"]["outcome"] == "succeeded"  # shown, not judged
+    with db.begin() as conn:
+        exports.mark_for_deletion(conn, eid)
+    rec = exports_get(db, eid)
+    params = {"export_id": str(eid), "volume_id": str(rec.volume_id)}
+    sid = crash_at(db, "export-delete", params, "detach")
+    d = diagnose(cli, eid, 0)
+    assert d["record"]["state"] == "deleting" and d["saga"]["name"] == "export-delete"
+    assert d["next_pass"] == "skip it (a saga holds it, deleting)"
+    assert "wait for it" in d["verdict"] and d["command"] == f"udx saga show {sid}"
+    expire_lease(db, sid)
+    d = diagnose(cli, eid, 0)
+    assert "owner died" in d["verdict"] and d["command"] == f"udx saga resume {sid}"
+    cli.ok("saga", "abandon", str(sid), "--reason", "r", "--comment", "c", "--yes")
+    d = diagnose(cli, eid, 1)
+    assert d["command"] == f"udx export release {eid} --saga {sid}"
+    cli.ok(*d["command"].split()[1:], "--yes")
+    d = diagnose(cli, eid, 0)  # live and marked: the next pass deletes it
+    assert d["next_pass"] == "run the delete saga" and d["latest_saga"]["state"] == "abandoned"
+    cli.ok("pass")
+    assert diagnose(cli, eid, 0)["record"]["state"] == "deleted"
+    assert check_invariants(db, {str(s.address): list(s.attachments) for s in sims}) == []
+
+
+def test_diagnose_a_lock_no_saga_made_and_a_done_saga_holding_a_record(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    from udx.db.schema import user_data_export
+
+    eid = requested_record(db)
+    with db.begin() as conn:  # hand-edited: locked by an id no saga generated
+        conn.execute(
+            update(user_data_export)
+            .where(user_data_export.c.id == eid)
+            .values(state="assigning", operating_saga_id=uuid.uuid4())
+        )
+    d = diagnose(cli, eid, 1)
+    assert "a lock no saga in the log generated" in d["verdict"]
+    assert d["command"] == "udx pantry list" and d["saga"] is None
+
+    other = requested_record(db)
+    sid = crash_at(db, "export-create", {"export_id": str(other)}, "attach")
+    with db.begin() as conn:  # done, yet its lock is still on the record
+        conn.execute(
+            update(saga).where(saga.c.id == sid).values(saga_state="done", outcome="unwound")
+        )
+    d = diagnose(cli, other, 1)
+    assert "is done (unwound) yet still holds the record" in d["verdict"]
+    # Not a command that refuses it: release would.
+    assert d["command"] == f"udx saga show {sid}"
+    assert_one_line_error(
+        cli("export", "release", str(other), "--saga", str(sid), "--yes"), 1, "should not hold"
+    )
+
+
+def test_diagnose_requested_with_its_resource_gone_and_live_on_a_pantry_out_of_service(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    gone = requested_record(db)
+    with db.begin() as conn:
+        exports.mark_for_deletion(conn, gone)
+    d = diagnose(cli, gone, 0)
+    assert d["next_pass"].startswith("bypass it to deleted") and d["command"] == "udx pass"
+
+    eid = requested_record(db)
+    cli.ok("pass")
+    rec = exports_get(db, eid)
+    holder = next(s for s in sims if s.address == rec.pantry_address)
+    cli.ok("pantry", "expunge", str(holder.address), "--yes")
+    asked = len(holder.requests)
+    d = diagnose(cli, eid, 0)
+    assert "is no longer in service" in d["verdict"] and d["command"] == "udx pass"
+    assert d["pantry_view"]["in_service"] is False and "answered" not in d["pantry_view"]
+    assert len(holder.requests) == asked  # an expunged pantry is not asked
+    out = cli("export", "diagnose", str(eid)).stdout
+    assert "NOT in service): volume not asked" in out
+
+
+def test_diagnose_live_with_its_volume_row_deleted(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    from udx.datastore import volumes
+
+    eid = requested_record(db)
+    cli.ok("pass")
+    rec = exports_get(db, eid)
+    assert rec.volume_id is not None
+    with db.begin() as conn:
+        volumes.soft_delete_volume(conn, rec.volume_id)
+    d = diagnose(cli, eid, 1)
+    assert d["volume"]["deleted"] is True and "has no live row" in d["verdict"]
+    assert d["volume"]["usage"]["exact"] is True  # soft-deleted: no rows, as it must
+    assert d["command"] == f"udx volume show {rec.volume_id}"
+
+
+# --- status: the remaining problems ----------------------------------------------------------
+
+
+def test_status_names_a_saga_whose_owner_died_and_an_unfinished_pass(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from udx.datastore import pass_runs
+
+    cli.ok("pass")
+    cli.ok("status")
+    eid = requested_record(db)
+    sid = crash_at(db, "export-create", {"export_id": str(eid)}, "attach")
+    cli.ok("status")  # running, its owner's lease alive: nothing wrong yet
+    expire_lease(db, sid)
+    r = cli("status", "--json")
+    assert r.exit_code == 1
+    out = json.loads(r.stdout)
+    assert out["running_sagas_with_expired_leases"] == 1
+    assert any("whose owner died" in p["problem"] for p in out["problems"]), out["problems"]
+    cli.ok("pass")  # adopts and finishes it
+    cli.ok("status")
+
+    # A pass whose process is gone without finishing its row (as after SIGKILL).
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    assert pid != os.getpid()
+    with db.begin() as conn:
+        pass_runs.start(conn, uuid.uuid4(), host=socket.gethostname(), pid=pid,
+                        started=utcnow(), dry_run=False)
+    r = cli("status")
+    assert r.exit_code == 1
+    assert f"problem: the last pass (host {socket.gethostname()}, pid {pid}) did not finish" in (
+        r.stdout
+    )
+    assert cli.json("pass", "history", "--limit", "1")[0]["result"] == "did not finish"

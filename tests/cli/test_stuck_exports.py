@@ -319,6 +319,9 @@ def test_killed_pass_abandon_release_then_the_next_pass_converges(
     # The pass history shows the killed pass as unfinished.
     history = cli.json("pass", "history")
     assert history[0]["finished"] is None and history[0]["result"] == "did not finish"
+    r = cli("status")  # the killed pass is the last pass: needs attention
+    assert r.exit_code == 1 and "did not finish  ->  udx pass history" in r.stdout
+    assert f"is held by abandoned saga {sid}" in r.stdout
 
     r = cli.ok("export", "release", str(eid), "--saga", str(sid), "--yes")
     assert "now requested" in r.stdout
