@@ -674,3 +674,31 @@ def test_status_names_a_saga_whose_owner_died_and_an_unfinished_pass(
         r.stdout
     )
     assert cli.json("pass", "history", "--limit", "1")[0]["result"] == "did not finish"
+
+
+def test_a_pantry_that_does_not_answer_is_loud_through_the_cli(
+    cli: Udx, db: Database, sims: list[SimulatedPantry], tmp_path: Any
+) -> None:
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=2)
+    dead = sims[0]
+    dead.refuse_connections()
+    prom = tmp_path / "udx.prom"
+    r = cli("pass", "--json", "--metrics-file", str(prom))
+    dead.refuse_connections(False)
+    assert r.exit_code == 0, r.stdout + r.stderr  # a warning, not a failure
+    status = json.loads(r.stdout)
+    (warning,) = status["warnings"]
+    assert str(dead.address) in warning and "did not answer its status call" in warning
+    assert all(i["outcome"] == "succeeded" for i in status["create_invoked_ok"])
+    (line,) = [ln for ln in r.stderr.splitlines() if str(dead.address) in ln]
+    assert "WARNING" in line and "Traceback" not in r.stderr
+    text = prom.read_text()
+    assert f'udx_pantry_up{{pantry="{dead.address}"}} 0' in text
+    assert f'udx_pantry_up{{pantry="{sims[1].address}"}} 1' in text
+    summary = cli("pass")  # the human summary counts and prints it too
+    assert summary.exit_code == 0
+    (run, *_) = cli.json("pass", "history")
+    assert run["warnings"] == [] and run["result"] == "ok"
+    (earlier,) = [h for h in cli.json("pass", "history") if h["warnings"]]
+    assert earlier["warnings"] == [warning]
