@@ -121,6 +121,7 @@ _udx_choices() {
     case "$1|$2" in
         "|--log-format") echo "human json" ;;
         "export create|--resource-type") echo "snapshot image" ;;
+        "export diagnose|--resource-type") echo "snapshot image" ;;
         "export list|--state") echo "requested assigning live deleting deleted" ;;
         "export list|--resource-type") echo "snapshot image" ;;
         "export list|--sort") echo "resource id state created modified pantry generation" ;;

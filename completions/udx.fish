@@ -68,7 +68,7 @@ complete -c udx -n '__fish_seen_subcommand_from export; and __fish_seen_subcomma
 complete -c udx -n '__fish_seen_subcommand_from export; and __fish_seen_subcommand_from delete' -l json -d 'Print JSON.'
 complete -c udx -n '__fish_seen_subcommand_from export; and __fish_seen_subcommand_from delete' -s h -l help -d 'Show the help and exit.'
 complete -c udx -n '__fish_seen_subcommand_from export; and __fish_seen_subcommand_from delete' -f -a '(__udx_ids)'
-complete -c udx -n '__fish_seen_subcommand_from export; and __fish_seen_subcommand_from diagnose' -l resource-type -r -d 'snapshot or image.'
+complete -c udx -n '__fish_seen_subcommand_from export; and __fish_seen_subcommand_from diagnose' -l resource-type -r -f -a 'snapshot image' -d 'With --resource-id: the resource\'s kind.'
 complete -c udx -n '__fish_seen_subcommand_from export; and __fish_seen_subcommand_from diagnose' -l resource-id -r -d 'The resource\'s UUID.'
 complete -c udx -n '__fish_seen_subcommand_from export; and __fish_seen_subcommand_from diagnose' -l json -d 'Print JSON.'
 complete -c udx -n '__fish_seen_subcommand_from export; and __fish_seen_subcommand_from diagnose' -s h -l help -d 'Show the help and exit.'

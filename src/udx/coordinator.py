@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from udx.domain.address import PantryAddress
 from udx.domain.errors import Conflict, UdxError
 from udx.domain.model import Changeset, ExportState, ResourceRef, UserDataExport
+from udx.domain.words import plural
 
 if TYPE_CHECKING:
     from udx.datastore.retention import PruneCount
@@ -677,9 +678,9 @@ class Coordinator:
                 interrupted = True
                 running = sum(1 for f in in_flight if not f.done())
                 log.warning(
-                    "interrupted: waiting for the %d running saga(s) to finish "
+                    "interrupted: waiting for %s to finish "
                     "(Ctrl-C again to stop at once; the next pass finishes them)",
-                    running,
+                    plural(running, "running saga"),
                 )
             wait(in_flight)
         return outcomes, len(jobs) - started, interrupted

@@ -14,17 +14,19 @@ def _json_time(created: float, msecs: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
 
 
-def json_line(level: str, logger: str, message: str) -> str:
-    """One log line as `--log-format json` writes it (for lines not from logging)."""
+def json_line(level: str, logger: str, message: str, *, exception: str | None = None) -> str:
+    """One log line as `--log-format json` writes it (for lines not from logging);
+    `exception`: a traceback, as the logging formatter adds it."""
     now = time.time()
-    return json.dumps(
-        {
-            "time": _json_time(now, (now % 1) * 1000),
-            "level": level,
-            "logger": logger,
-            "message": mask_url(message),
-        }
-    )
+    out = {
+        "time": _json_time(now, (now % 1) * 1000),
+        "level": level,
+        "logger": logger,
+        "message": mask_url(message),
+    }
+    if exception is not None:
+        out["exception"] = mask_url(exception)
+    return json.dumps(out)
 
 
 class _JsonFormatter(logging.Formatter):

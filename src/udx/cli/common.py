@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from udx.domain import words
 from udx.domain.errors import BadInput
 
 if TYPE_CHECKING:
@@ -125,8 +126,25 @@ def confirm(prompt: str, yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         raise BadInput(f"{prompt}: refusing without a terminal to confirm on; pass --yes")
-    if not typer.confirm(prompt + "?", default=False):
-        raise typer.Abort()
+    # Not typer.confirm: it reads with input(" "), which without GNU readline writes
+    # that space to stderr, before the `udx: aborted` line (or the JSON one).
+    while True:
+        sys.stdout.write(f"{prompt}? [y/N]: ")
+        sys.stdout.flush()
+        try:
+            answer = sys.stdin.readline()
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            raise typer.Abort() from None
+        if not answer:  # end of input
+            sys.stdout.write("\n")
+            raise typer.Abort()
+        word = answer.strip().lower()
+        if word in ("y", "yes"):
+            return
+        if word in ("", "n", "no"):
+            raise typer.Abort()
+        sys.stdout.write("Please answer y or n.\n")
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -145,9 +163,7 @@ def parse_duration(text: str, option: str) -> float:
     return float(sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
 
 
-def plural(n: int, noun: str) -> str:
-    """"1 step", "2 steps": one spelling for counts in human output."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+plural = words.plural  # "1 step", "2 steps": one spelling for counts in output
 
 
 def choice_metavar(choices: type[enum.Enum]) -> str:

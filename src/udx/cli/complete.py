@@ -99,7 +99,9 @@ PARAMETERS = {"export_id": "export", "saga_id": "saga"}
 
 
 def attach(group: Any, path: str = "") -> None:
-    """Give every `export_id` / `saga_id` parameter of every command its completion."""
+    """Give every `export_id` / `saga_id` parameter of every command its completion,
+    and every id a name in help and usage (EXPORT_ID, SAGA_ID, UUID) instead of
+    Typer's `<str>` or `{the_id}`."""
     for name, cmd in getattr(group, "commands", {}).items():
         attach(cmd, f"{path} {name}".strip())
     for param in getattr(group, "params", ()):
@@ -107,3 +109,23 @@ def attach(group: Any, path: str = "") -> None:
         if which is not None and getattr(param, "_custom_shell_complete", None) is None:
             param._custom_shell_complete = completer(which, path)
             setattr(param, DYNAMIC, which)
+        _name_value(param)
+
+
+def _name_value(param: Any) -> None:
+    if getattr(param, "metavar", None) is not None or getattr(param, "is_flag", False):
+        return
+    name = param.name or ""
+    if name == "the_id":
+        param.metavar = "UUID"
+    elif name in PARAMETERS or param.param_type_name == "argument":
+        param.metavar = name.upper()  # EXPORT_ID, SAGA_ID, VOLUME_ID, PATH
+    elif name.endswith("_id"):
+        param.metavar = "UUID"
+    else:  # what kind of value, never Typer's `<str>` / `<int range>`
+        from pathlib import Path
+
+        annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+        kinds = {str: "TEXT", int: "N", float: "NUMBER", Path: "PATH"}
+        if annotation in kinds:
+            param.metavar = kinds[annotation]

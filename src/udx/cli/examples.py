@@ -21,6 +21,15 @@ EXAMPLES: dict[str, list[str]] = {
     "db upgrade": ["udx db upgrade"],
     "demo": ["udx demo", "udx demo --pantries 4 --snapshots 50"],
     "export": ["udx export list --state live", "udx export show EXPORT_ID"],
+    "export diagnose": [
+        "udx export diagnose EXPORT_ID",
+        "udx export diagnose --resource-type snapshot --resource-id UUID --json",
+    ],
+    "export prune": ["udx export prune --older-than 30d --dry-run", "udx export prune --json"],
+    "export release": [
+        "udx export release EXPORT_ID --saga SAGA_ID",
+        "udx export release EXPORT_ID --saga SAGA_ID --yes --json",
+    ],
     "export create": ["udx export create --resource-type snapshot --resource-id UUID"],
     "export delete": ["udx export delete EXPORT_ID", "udx export delete EXPORT_ID --yes --json"],
     "export list": [
@@ -38,6 +47,7 @@ EXAMPLES: dict[str, list[str]] = {
     "pantry expunge": ["udx pantry expunge 10.0.0.1:17000", "udx pantry expunge ADDRESS --yes"],
     "pantry list": ["udx pantry list", "udx pantry list --no-check --no-headers"],
     "pantry-sim": ["udx pantry-sim --listen 127.0.0.1:17000"],
+    "pass history": ["udx pass history", "udx pass history --limit 10 --json"],
     "pass": [
         "udx pass --dry-run",
         "udx --log-format json pass --json --metrics-file /var/lib/node_exporter/udx.prom",
@@ -45,9 +55,19 @@ EXAMPLES: dict[str, list[str]] = {
     "saga": ["udx saga list --state running", "udx saga show SAGA_ID"],
     "saga abandon": ["udx saga abandon SAGA_ID --reason operator --comment 'volume gone'"],
     "saga list": ["udx saga list --state running --state unwinding", "udx saga list --json"],
+    "saga prune": [
+        "udx saga prune --older-than 30d --dry-run",
+        "udx saga prune --include stuck --include abandoned --json",
+    ],
     "saga recover": ["udx saga recover", "udx saga recover --json"],
     "saga resume": ["udx saga resume SAGA_ID"],
+    "saga retry-undo": ["udx saga retry-undo SAGA_ID", "udx saga retry-undo SAGA_ID --json"],
     "saga show": ["udx saga show SAGA_ID", "udx saga show SAGA_ID --json | jq .events"],
+    "status": ["udx status", "udx status --json | jq .last_pass"],
+    "volume": ["udx volume list", "udx volume show VOLUME_ID"],
+    "volume list": ["udx volume list", "udx volume list --deleted --all --no-headers"],
+    "volume show": ["udx volume show VOLUME_ID", "udx volume show VOLUME_ID --json"],
+    "whatis": ["udx whatis UUID", "udx whatis UUID --json"],
 }
 
 MARK = "\b\nExamples:\n"  # \b: click keeps the lines as written

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from udx.cli.common import confirm, print_json, state, stdout_console
+from udx.cli.common import choice_metavar, confirm, print_json, state, stdout_console
+from udx.domain.model import ResourceType
 
 if TYPE_CHECKING:
     from udx.domain.model import UserDataExport
@@ -66,7 +67,13 @@ def release(
 
 def diagnose(
     export_id: str | None = typer.Argument(None, help="Export record id."),
-    resource_type: str | None = typer.Option(None, "--resource-type", help="snapshot or image."),
+    resource_type: ResourceType | None = typer.Option(
+        None,
+        "--resource-type",
+        case_sensitive=False,
+        metavar=choice_metavar(ResourceType),
+        help="With --resource-id: the resource's kind.",
+    ),
     resource_id: str | None = typer.Option(None, "--resource-id", help="The resource's UUID."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -80,7 +87,7 @@ def diagnose(
     from udx.datastore import exports
     from udx.diagnose import diagnose as run_diagnosis
     from udx.domain.errors import EXIT_FAILED, BadInput, NotFound
-    from udx.domain.model import ResourceType, parse_uuid
+    from udx.domain.model import parse_uuid
     from udx.pantry.inventory import inventory_from_settings
 
     by_resource = resource_type is not None or resource_id is not None
@@ -94,7 +101,7 @@ def diagnose(
         else:
             if resource_type is None or resource_id is None:
                 raise BadInput("--resource-type and --resource-id go together")
-            kind = ResourceType.parse(resource_type)
+            kind = resource_type
             rid = parse_uuid(resource_id, "resource id")
             history = exports.all_for_resource(conn, kind, rid)
             if not history:

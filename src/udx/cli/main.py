@@ -30,16 +30,22 @@ from udx.cli.params import install as install_plain_conversion
 from udx.domain.errors import EXIT_FAILED, UdxError
 
 
-def _error_line(message: str) -> None:
+def _error_line(message: str, *, prefix: str = "error: ", trace: bool = False) -> None:
+    """The last line udx writes on stderr: `udx: error: ...`, or with
+    --log-format json a JSON object (cron's log shipper reads every stderr line as
+    JSON), the -v traceback inside it as "exception" rather than as text lines."""
     from udx.db.urls import mask_url
 
     lines = mask_url(message).strip().splitlines() or ["(no message)"]
-    if STATE.log_format == "json":  # cron's log shipper reads every stderr line as JSON
+    if STATE.log_format == "json":
         from udx.logs import json_line
 
-        sys.stderr.write(json_line("error", "udx", lines[0]) + "\n")
+        exception = traceback.format_exc().rstrip() if trace else None
+        sys.stderr.write(json_line("error", "udx", lines[0], exception=exception) + "\n")
     else:
-        sys.stderr.write(f"udx: error: {lines[0]}\n")
+        if trace:
+            traceback.print_exc()
+        sys.stderr.write(f"udx: {prefix}{lines[0]}\n")
     sys.stderr.flush()
 
 
@@ -86,26 +92,23 @@ class UdxGroup(TyperGroup):
             _error_line(err.format_message())
             code = err.exit_code
         except typer.Abort:
-            sys.stderr.write("udx: aborted\n")
+            _error_line("aborted", prefix="")
             code = EXIT_FAILED
         except UdxError as err:
-            if STATE.verbose:
-                traceback.print_exc()
-            _error_line(str(err))
+            _error_line(str(err), trace=STATE.verbose)
             code = err.exit_code
         except KeyboardInterrupt:
-            sys.stderr.write("udx: interrupted\n")
+            _error_line("interrupted", prefix="")
             code = 130
         except Exception as err:  # the last resort: still one line, still an exit code
             translated = _translate(err)
-            if STATE.verbose:
-                traceback.print_exc()
             if isinstance(translated, UdxError):
-                _error_line(str(translated))
+                _error_line(str(translated), trace=STATE.verbose)
                 code = translated.exit_code
             else:
                 _error_line(
-                    f"internal error: {type(err).__name__}: {err} (run with -v for details)"
+                    f"internal error: {type(err).__name__}: {err} (run with -v for details)",
+                    trace=STATE.verbose,
                 )
                 code = EXIT_FAILED
         finally:

@@ -101,7 +101,8 @@ def list_(
                     "state": "invalid",
                     "time_created": None,
                     "time_expunged": None,
-                    "problem": f"named by {spelling.records} export record(s): {spelling.problem}",
+                    "problem": f"named by {plural(spelling.records, 'export record')}: "
+                    f"{spelling.problem}",
                     "live_exports": live_invalid.get(spelling.text, 0),
                 }
             )

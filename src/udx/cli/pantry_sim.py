@@ -12,9 +12,14 @@ def register(app: typer.Typer) -> None:
 
 def pantry_sim(
     listen: str = typer.Option(
-        "127.0.0.1:17000", "--listen", help='Address to listen on: "ip:port" or "[ipv6]:port".'
+        "127.0.0.1:17000",
+        "--listen",
+        metavar="ADDRESS",
+        help='Address to listen on: "ip:port" or "[ipv6]:port".'
     ),
-    latency: float = typer.Option(0.0, "--latency", help="Seconds to wait before each answer."),
+    latency: float = typer.Option(
+        0.0, "--latency", metavar="SECONDS", help="Seconds to wait before each answer."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print each request."),
 ) -> None:
     """Run a simulated Crucible Pantry (attach, volume status, detach, status)."""

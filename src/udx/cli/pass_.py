@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from udx.cli.common import is_terminal, print_json, state, stdout_console
+from udx.cli.common import is_terminal, plural, print_json, state, stdout_console
 from udx.domain.errors import EXIT_FAILED, EXIT_UNAVAILABLE, BadInput, UdxError
 
 if TYPE_CHECKING:
@@ -382,7 +382,7 @@ def _render_interrupted(status: PassStatus) -> None:
     c = stdout_console()
     done = [*status.create_invoked_ok, *status.delete_invoked_ok]
     c.print(
-        f"interrupted: {len(done)} saga(s) finished, {len(status.not_started)} not started "
+        f"interrupted: {plural(len(done), 'saga')} finished, {len(status.not_started)} not started "
         "(the next pass runs them)",
         markup=False,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from udx.cli.common import print_json, state, stdout_console
+from udx.cli.common import plural, print_json, state, stdout_console
 
 # Documented in README.md ("Retention").
 DEFAULT_OLDER_THAN = "30d"
@@ -61,7 +61,8 @@ def saga_prune(
         return
     verb = "would remove" if dry_run else "removed"
     stdout_console().print(
-        f"{verb} {count.sagas} sagas and {count.events} node events last written before "
+        f"{verb} {plural(count.sagas, 'saga')} and {plural(count.events, 'node event')} "
+        "last written before "
         f"{cutoff:%Y-%m-%dT%H:%M:%SZ}",
         markup=False,
     )
@@ -103,6 +104,7 @@ def export_prune(
         return
     verb = "would remove" if dry_run else "removed"
     stdout_console().print(
-        f"{verb} {count.records} Deleted records retired before {cutoff:%Y-%m-%dT%H:%M:%SZ}",
+        f"{verb} {plural(count.records, 'Deleted record')} retired before "
+        f"{cutoff:%Y-%m-%dT%H:%M:%SZ}",
         markup=False,
     )

@@ -21,7 +21,9 @@ app = typer.Typer(help="Inspect, resume, recover, abandon and retry sagas.", no_
 
 
 def _ts(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+    from udx.cli.tables import fmt_time  # UTC with a Z, as every other command
+
+    return fmt_time(value)
 
 
 def _executor(db: Database) -> SagaExecutor:

@@ -34,6 +34,7 @@ from udx.db.types import utcnow
 from udx.domain.address import PantryAddress, format_address
 from udx.domain.errors import BadInput, Conflict, NotFound
 from udx.domain.model import ExportState, ResourceRef, ResourceType, UserDataExport
+from udx.domain.words import plural
 
 t = user_data_export
 
@@ -655,7 +656,8 @@ class PantrySpelling:
     def describe(self) -> str:
         ip = self.ip.replace("'", "''")
         return (
-            f"{self.records} export record(s) name pantry {self.text!r}, which is not an "
+            f"{plural(self.records, 'export record')} "
+            f"{'names' if self.records == 1 else 'name'} pantry {self.text!r}, which is not an "
             f"address ({self.problem}): skipped (not checked, not marked, not deleted); "
             f"fix them by hand: {_FIX_PANTRY} "
             f"WHERE pantry_ip = '{ip}' AND pantry_port = {self.port}"

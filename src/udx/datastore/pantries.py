@@ -25,6 +25,7 @@ from udx.db.schema import pantry as t
 from udx.db.types import utcnow
 from udx.domain.address import PantryAddress
 from udx.domain.errors import BadInput, Conflict, NotFound
+from udx.domain.words import plural
 
 IN_SERVICE = "in_service"
 EXPUNGED = "expunged"
@@ -208,6 +209,6 @@ def _require_state(conn: Connection, address: PantryAddress, state: str, changed
     now = get(conn, address)
     if not changed or now is None or now.state != state:
         raise Conflict(
-            f"pantry {address}: setting it {state} changed {changed} row(s) and it is now "
+            f"pantry {address}: setting it {state} changed {plural(changed, 'row')} and it is now "
             f"{now.state if now else 'gone'}: another process changed it; try again"
         )

@@ -32,6 +32,7 @@ import httpx
 
 from udx.domain.address import PantryAddress
 from udx.domain.errors import InventoryUnavailable
+from udx.domain.words import plural
 from udx.pantry.client import PantryClient, PantryError, PantryGone, PantryStatus, VolumeStatus
 from udx.pantry.inventory import Inventory
 
@@ -179,7 +180,9 @@ class RetryingPantry:
             self._sleep(pause)
             delay = min(delay * 2, self._max_delay)
             if not self._still_in_service():
-                raise PantryGone(self.address, f"while retrying {what} after {attempt} attempt(s)")
+                raise PantryGone(
+                    self.address, f"while retrying {what} after {plural(attempt, 'attempt')}"
+                )
             if deadline - self._clock() <= 0:
                 raise self._exhausted(what, last, attempt, start)
 
@@ -198,7 +201,7 @@ class RetryingPantry:
         spent = self._clock() - start
         err = PantryError(
             self.address,
-            f"{what}: gave up after {attempts} attempt(s) in {spent:.1f}s "
+            f"{what}: gave up after {plural(attempts, 'attempt')} in {spent:.1f}s "
             f"(retry budget {self.budget_secs:g}s); last error: {last.message}",
             status_code=last.status_code,
             body=last.body,
