@@ -263,6 +263,11 @@ def test_whatis_every_kind_of_id(cli: Udx, db: Database, sims: list[SimulatedPan
     assert kinds(lock) == ["lock"]
     assert kinds(rec.volume_id) == ["volume", "attachment"]
     assert kinds(run["id"]) == ["pass"]
+    cli.ok("pass", "--dry-run")
+    dry = cli.json("pass", "history", "--limit", "1")[0]
+    (meaning,) = cli.json("whatis", dry["id"])["is"]
+    assert meaning["description"].startswith("dry run on ")
+    assert meaning["command"] == "udx pass history"
     out = cli.ok("whatis", str(lock)).stdout
     assert f"lock id of saga {sid} on export {eid}, released" in out
     assert_one_line_error(cli("whatis", str(uuid.uuid4())), 2, "not an id udx knows")
