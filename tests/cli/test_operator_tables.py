@@ -120,3 +120,35 @@ def test_status_whatis_and_diagnose_piped_and_on_a_terminal(
     out = cli.ok("export", "diagnose", rec["id"], env=tty(80)).stdout
     assert f"export {rec['id']}" in out and not ESCAPE.search(out)
     assert ESCAPE.search(cli.ok("export", "diagnose", rec["id"], env=tty(80, color=True)).stdout)
+
+
+def test_release_piped_and_on_a_terminal(
+    cli: Udx, db: Database, sims: list[SimulatedPantry]
+) -> None:
+    from .test_stuck_exports import requested_record, stuck_create
+
+    first, second = requested_record(db), requested_record(db)
+    s1, s2 = stuck_create(db, sims, first), stuck_create(db, sims, second)
+    args = ("--yes",)
+    lines = assert_plain(
+        cli.ok("export", "release", str(first), "--saga", str(s1), *args, env=PIPED).stdout
+    )
+    assert lines[0] == f"== release export {first}"
+    fields = [ln.split(None, 1) for ln in lines if not ln.startswith("==")]
+    assert ["id", str(first)] in fields and ["state", "assigning"] in fields
+    assert any(ln.startswith("held by saga") and f"{s1} (export-create, done, stuck)" in ln
+               for ln in lines)
+    wills = [ln for ln in lines if ln.startswith("will ")]
+    assert len(wills) == 3 and "detach volume" in wills[0]
+    at = lines.index(f"== export {first} released")
+    after = lines[at + 1:]
+    assert after[1].split() == ["state", "requested"]
+    assert any(ln.startswith("done ") and ": detached" in ln for ln in after)
+    assert after[-1].startswith(f"export {first} released: now requested;")
+
+    out = cli.ok(
+        "export", "release", str(second), "--saga", str(s2), *args, env=tty(100)
+    ).stdout
+    assert not ESCAPE.search(out) and "==" not in out
+    assert f"release export {second}" in out and f"export {second} released" in out
+    assert all(len(ln) <= 100 for ln in out.splitlines()), out

@@ -34,6 +34,7 @@ def release(
     it from there. Refused, with nothing changed, while the saga may still run,
     when the record's lock is not that saga's, or when a cleanup step fails.
     """
+    from udx.cli.tables import write_fields, write_heading
     from udx.domain.model import parse_uuid
     from udx.export_release import carry_out, plan_release
     from udx.sagas import make_deps
@@ -43,26 +44,38 @@ def release(
     st = state()
     db = st.database()
     plan = plan_release(db, eid, sid)
-    console = stdout_console()
     if not as_json:
-        console.print(
-            f"export {eid} ({plan.record.state.value}) is held by saga {sid} "
-            f"({plan.saga.name}, {plan.saga.saga_state}"
-            + (f", {plan.saga.outcome}" if plan.saga.outcome else "")
-            + "); release will:",
-            markup=False,
+        s = plan.saga
+        held = ", ".join(x for x in (s.name, s.saga_state, s.outcome) if x)
+        write_heading(f"release export {eid}")  # piped, "== ..." between the two
+        write_fields(
+            f"release export {eid}",
+            [
+                ("id", str(eid)),
+                ("state", plan.record.state.value),
+                ("held by saga", f"{sid} ({held})"),
+                *(("will", step) for step in plan.steps),
+            ],
         )
-        for step in plan.steps:
-            console.print(f"  - {step}", markup=False)
     confirm(f"Release export {eid} from saga {sid}", yes)
     result = carry_out(db, make_deps(db, st.settings()), plan)
     if as_json:
         print_json(result.to_json())
         return
-    console.print(f"export {eid} released: now {result.record.state.value}", markup=False)
-    for line in result.done:
-        console.print(f"  - {line}", markup=False)
-    console.print("the next pass takes it from here (`udx pass`)", markup=False)
+    write_heading(f"export {eid} released")
+    write_fields(
+        f"export {eid} released",
+        [
+            ("id", str(eid)),
+            ("state", result.record.state.value),
+            *(("done", line) for line in result.done),
+        ],
+    )
+    stdout_console().print(
+        f"export {eid} released: now {result.record.state.value}; the next pass takes it "
+        "from here (`udx pass`)",
+        markup=False,
+    )
 
 
 def diagnose(
@@ -194,7 +207,7 @@ def _render_diagnosis(d: object) -> None:
     verdict = f"verdict: {d.verdict}"
     if d.command:
         verdict += f"  ->  {d.command}"
-    stdout_console().print(verdict, markup=False, soft_wrap=True)
+    stdout_console().print(verdict, markup=False)
 
 
 def _volume_rows(vol: dict[str, Any]) -> list[tuple[str, str]]:

@@ -126,4 +126,4 @@ def _render_status(s: object) -> None:
     if s.healthy:
         console.print("healthy", markup=False)
     for p in s.problems:
-        console.print(f"problem: {p.what}  ->  {p.command}", markup=False, soft_wrap=True)
+        console.print(f"problem: {p.what}  ->  {p.command}", markup=False)
