@@ -135,6 +135,7 @@ def system_status(
     from udx.datastore import export_locks, pass_runs
     from udx.db.types import utcnow
     from udx.domain.errors import UdxError
+    from udx.domain.words import plural
 
     now = utcnow()
     with db.connect() as conn:
@@ -191,7 +192,7 @@ def system_status(
     if expired:
         p.append(
             Problem(
-                f"{expired} running saga(s) whose owner died (lease expired)",
+                f"{plural(expired, 'running saga')} whose owner died (lease expired)",
                 "udx pass  (or udx saga recover)",
             )
         )

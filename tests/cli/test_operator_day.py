@@ -466,8 +466,10 @@ def test_diagnose_shows_the_usage_rows_and_flags_them_when_not_exact(
     # Piped: one `name  value` line each; the usage summary says exact.
     out = cli.ok("export", "diagnose", str(eid), env={"TTY_COMPATIBLE": "0"}).stdout
     (line,) = [ln for ln in out.splitlines() if ln.startswith("usage ")]
-    assert line.split()[1] == "exact:" and f"{len(held)} usage row(s)" in line
-    assert sum(ln.startswith("read-only target ") for ln in out.splitlines()) == len(held)
+    rows_text = f"{len(held)} usage row" + ("s" if len(held) != 1 else "")
+    assert line.split()[1] == "exact:" and rows_text in line
+    targets = [ln for ln in out.splitlines() if ln.startswith("read-only target ")]
+    assert len(targets) == len(held) and all(ln.endswith(": 1 usage row") for ln in targets)
     # On a terminal 80 wide, no colour: the volume id whole, no escape sequences.
     tty = {"TTY_COMPATIBLE": "1", "COLUMNS": "80", "NO_COLOR": "1"}
     out = cli.ok("export", "diagnose", str(eid), env=tty).stdout

@@ -213,6 +213,7 @@ def _render_diagnosis(d: object) -> None:
 def _volume_rows(vol: dict[str, Any]) -> list[tuple[str, str]]:
     """The volume row and its usage (volume_resource_usage), one field each."""
     from udx.cli.volume import resource_text
+    from udx.domain.words import plural
 
     state_text = "missing" if not vol["exists"] else "deleted" if vol["deleted"] else "live"
     rows = [("volume row", f"{vol['id']} ({state_text})")]
@@ -221,14 +222,14 @@ def _volume_rows(vol: dict[str, Any]) -> list[tuple[str, str]]:
         return rows
     targets, held = usage["targets"], usage["rows"]
     n_rows = sum(int(r["count"]) for r in held)
-    summary = f"{len(targets)} read-only target(s), {n_rows} usage row(s)"
+    summary = f"{plural(len(targets), 'read-only target')}, {plural(n_rows, 'usage row')}"
     rows.append(("usage", ("exact: " if usage["exact"] else "NOT exact: ") + summary))
     for t in targets:
         rows.append(
             (
                 "read-only target",
                 f"{t['target']} -> {resource_text(t['resolves_to'])}: "
-                f"{t['usage_rows']} usage row(s)",
+                f"{plural(int(t['usage_rows']), 'usage row')}",
             )
         )
     named = [t["resolves_to"] for t in targets if t["resolves_to"] is not None]
