@@ -90,3 +90,29 @@ def test_man_pages_have_the_sections() -> None:
     missing = sorted(n for n in real if n.replace("_", "\\_") not in env and n not in env)
     assert not missing, missing
     assert "UDX_PANTRY_RETRY_BUDGET_SECS" in env and "UDX_SAGA_LEASE_SECS" in env
+
+
+def test_the_root_lists_every_command_without_importing_it() -> None:
+    """`udx --help` takes each command's line from main.SUBCOMMANDS: the same text
+    as the command's own help gives, at any width; and no module registers a root
+    command that SUBCOMMANDS does not name (it could not be found)."""
+    from typer._click.utils import make_default_short_help
+
+    from udx.cli import main
+
+    lazy = typer.main.get_command(app)
+    lazy_help = lazy.get_help(lazy.make_context("udx", ["--help"], resilient_parsing=True))
+    loaded = typer.main.get_command(app)
+    assert dict(loaded.commands.items())  # type: ignore[attr-defined]
+    loaded_help = loaded.get_help(loaded.make_context("udx", ["--help"], resilient_parsing=True))
+    assert lazy_help == loaded_help
+    for name, (register, line) in main.SUBCOMMANDS.items():
+        cmd = loaded.commands[name]  # type: ignore[attr-defined]
+        for width in (30, 45, 80, 400):
+            assert make_default_short_help(line, width) == cmd.get_short_help_str(width), name
+        holder = typer.Typer()
+        holder.callback()(main._no_callback)
+        register(holder)
+        group = typer.main.get_command(holder)
+        unknown = set(group.commands) - set(main.SUBCOMMANDS)  # type: ignore[attr-defined]
+        assert not unknown, f"add {unknown} to udx.cli.main.SUBCOMMANDS"

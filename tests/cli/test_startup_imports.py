@@ -42,3 +42,19 @@ def test_sqlite_database_commands_do_not_load_postgresql(tmp_path: Path) -> None
         pg = [m for m in mods if m.startswith(("sqlalchemy.dialects.postgresql", "psycopg"))]
         assert pg == [], (args, pg)
         assert "sqlalchemy" in mods  # it did open the database
+
+
+def test_help_imports_only_the_commands_it_shows(tmp_path: Path) -> None:
+    """`udx --help` imports no command module; `udx export list --help` only the
+    export commands' (and saga's, which share prune), never pass or volume."""
+    env = clean_env(tmp_path)
+    commands = {"changeset", "config", "db", "demo", "export", "export_ops", "ops", "pantry",
+                "pantry_sim", "pass_", "prune", "saga", "volume"}
+    mods, r = modules_of(["--help"], env)
+    assert r.returncode == 0 and "Commands:" in r.stdout
+    cli = {m.removeprefix("udx.cli.") for m in mods if m.startswith("udx.cli.")}
+    assert not cli & commands, cli & commands
+    mods, r = modules_of(["export", "list", "--help"], env)
+    assert r.returncode == 0 and "--resource-id" in r.stdout
+    loaded = {m.removeprefix("udx.cli.") for m in mods if m.startswith("udx.cli.")} & commands
+    assert "export" in loaded and not loaded & {"pass_", "volume", "pantry", "demo", "db"}

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import typer
 from typer._click.exceptions import ClickException  # typer >= 0.24 vendors click
 from typer.core import TyperGroup
 
-from udx.cli import changeset as changeset_cmd
-from udx.cli import config as config_cmd
-from udx.cli import db as db_cmd
-from udx.cli import demo as demo_cmd
-from udx.cli import export as export_cmd
-from udx.cli import export_ops as export_ops_cmd
-from udx.cli import ops as ops_cmd
-from udx.cli import pantry as pantry_cmd
-from udx.cli import pantry_sim as pantry_sim_cmd
-from udx.cli import pass_ as pass_cmd
-from udx.cli import prune as prune_cmd
-from udx.cli import saga as saga_cmd
-from udx.cli import volume as volume_cmd
 from udx.cli.choices import LogFormat
 from udx.cli.common import STATE, choice_metavar
 from udx.cli.params import install as install_plain_conversion
@@ -57,10 +44,35 @@ class UdxGroup(TyperGroup):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from udx.cli import complete, examples
+        from udx.cli import examples
 
-        examples.attach(self)
-        complete.attach(self)
+        examples.attach(self)  # the root's own; each command's as it is loaded
+        self.commands = LazyCommands(self.commands)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # the names, in order, without loading a command
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """`udx --help` lists the commands from SUBCOMMANDS, importing none of
+        them (a command already loaded speaks for itself: the same text)."""
+        from typer._click.utils import make_default_short_help
+
+        commands = self.commands
+        names = list(self.list_commands(ctx))
+        if not names or not isinstance(commands, LazyCommands):
+            super().format_commands(ctx, formatter)
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            loaded = commands.loaded(name)
+            if loaded is not None:
+                if not loaded.hidden:
+                    rows.append((name, loaded.get_short_help_str(limit)))
+            else:
+                rows.append((name, make_default_short_help(SUBCOMMANDS[name][1], limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(
         self,
@@ -196,19 +208,144 @@ def main(
     setup_logging(verbose=verbose, fmt=log_format.value)
 
 
-app.add_typer(db_cmd.app, name="db")
-app.add_typer(config_cmd.app, name="config")
-changeset_cmd.register(app)
-pass_cmd.register(app)
-export_ops_cmd.register(export_cmd.app)
-app.add_typer(export_cmd.app, name="export")
-app.add_typer(pantry_cmd.app, name="pantry")
-app.add_typer(saga_cmd.app, name="saga")
-ops_cmd.register(app)
-app.add_typer(volume_cmd.app, name="volume")
-prune_cmd.register(saga_cmd.app, export_cmd.app)
-pantry_sim_cmd.register(app)
-demo_cmd.register(app)
+# Typer's settings for the commands' groups, as `app` has them.
+_SETTINGS: dict[str, Any] = {
+    "add_completion": False,
+    "pretty_exceptions_enable": False,
+    "rich_markup_mode": None,
+}
+
+
+def _module(name: str) -> Any:
+    # __import__, not importlib.import_module: `python -X importtime` (bench/startup.py)
+    # sees only imports made through it.
+    __import__(f"udx.cli.{name}")
+    return sys.modules[f"udx.cli.{name}"]
+
+
+_assembled = False
+
+
+def _assemble() -> None:
+    """`export` and `saga` share modules (export_ops, prune): put them together once."""
+    global _assembled
+    if not _assembled:
+        export, saga = _module("export"), _module("saga")
+        _module("export_ops").register(export.app)
+        _module("prune").register(saga.app, export.app)
+        _assembled = True
+
+
+def _group(module: str) -> Callable[[typer.Typer], None]:
+    def register(holder: typer.Typer) -> None:
+        if module in ("export", "saga"):
+            _assemble()
+        holder.add_typer(_module(module).app, name=module)
+
+    return register
+
+
+def _registered(module: str) -> Callable[[typer.Typer], None]:
+    return lambda holder: _module(module).register(holder)
+
+
+# Every command of `udx`, in the order `udx --help` lists them: how to build it,
+# and its one-line help, which `udx --help` shows without importing the command
+# (tests/cli/test_help.py checks each against the command's own).
+SUBCOMMANDS: dict[str, tuple[Callable[[typer.Typer], None], str]] = {
+    "changeset": (
+        _registered("changeset"),
+        "Show the changeset (read-only: records whose resource is gone are shown as they "
+        "would be marked, nothing is written).",
+    ),
+    "status": (
+        _registered("ops"),
+        "The whole system at a glance: the last pass, totals over the history, records by "
+        "state, records held by stuck or abandoned sagas, sagas whose owner died, the oldest "
+        "running saga, pantries answering; and the next action for each problem.",
+    ),
+    "whatis": (
+        _registered("ops"),
+        "Say what an id is: an export, a snapshot or image, a saga, a saga's lock id, a "
+        "volume, a pantry attachment or a pass.",
+    ),
+    "pantry-sim": (
+        _registered("pantry_sim"),
+        "Run a simulated Crucible Pantry (attach, volume status, detach, status).",
+    ),
+    "demo": (
+        _registered("demo"),
+        "Seed a small fleet, start simulated pantries, show the changeset, run a pass, "
+        "expunge a pantry and restart another, and run again.",
+    ),
+    "db": (_group("db"), "Create, inspect and upgrade the database schema."),
+    "config": (_group("config"), "Write and show the configuration."),
+    "pass": (
+        _registered("pass_"),
+        "Run one coordinator pass: mark, compute the changeset, create and delete exports.",
+    ),
+    "export": (_group("export"), "List, show, create and delete user data export records."),
+    "pantry": (_group("pantry"), "Pantries: health, affected records, inventory."),
+    "saga": (_group("saga"), "Inspect, resume, recover, abandon and retry sagas."),
+    "volume": (
+        _group("volume"),
+        "Show volumes, the read-only storage they read and what waits to be freed.",
+    ),
+}
+
+
+def load_command(name: str) -> Any:
+    """The click command `udx NAME`, built by Typer as it would be registered on
+    `app`, with its examples and id completion attached."""
+    from udx.cli import complete, examples
+
+    register, _ = SUBCOMMANDS[name]
+    holder = typer.Typer(**_SETTINGS)
+    holder.callback()(_no_callback)  # a group, whatever `register` adds to it
+    register(holder)
+    cmd = typer.main.get_command(holder).commands[name]  # type: ignore[attr-defined]
+    examples.attach(cmd, name)
+    complete.attach(cmd, name)
+    return cmd
+
+
+def _no_callback() -> None:
+    pass
+
+
+class LazyCommands(MutableMapping[str, Any]):
+    """The root group's commands: a command's module is imported when the command
+    is looked up (to run it, for its --help, for completion), so `udx --help`
+    imports none and `udx export list` only the export commands'."""
+
+    def __init__(self, extra: MutableMapping[str, Any]) -> None:
+        self._loaded: dict[str, Any] = dict(extra)
+
+    def loaded(self, name: str) -> Any | None:
+        return self._loaded.get(name)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._loaded:
+            if name not in SUBCOMMANDS:
+                raise KeyError(name)
+            self._loaded[name] = load_command(name)
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, cmd: Any) -> None:
+        self._loaded[name] = cmd
+
+    def __delitem__(self, name: str) -> None:
+        del self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from SUBCOMMANDS
+        yield from (n for n in self._loaded if n not in SUBCOMMANDS)
+
+    def __len__(self) -> int:
+        return len(set(SUBCOMMANDS) | set(self._loaded))
+
+    def __contains__(self, name: object) -> bool:
+        return name in SUBCOMMANDS or name in self._loaded
 
 
 def run() -> None:
