@@ -414,6 +414,36 @@ JSON_SHAPES = {
     " a database password masked), unit (\"seconds\", \"sagas\", ... or null), source"
     " (default, file, environment or flag) and from (the file's path, the variable's name or"
     " the option, e.g. --db; null for a default).",
+    "db status": "An object: database (the URL, password masked), current (the schema"
+    " version, or null), head, pending (versions not applied) and up_to_date.",
+    "status": "An object: healthy, last_pass (a pass object as in udx pass history, or null),"
+    " last_pass_running, last_dry_run, pass_totals (passes, ok, failed, did_not_finish),"
+    " records (a count per state), records_held_by_stuck_or_abandoned_sagas, sagas (running,"
+    " stuck, abandoned), running_sagas_with_expired_leases, oldest_running_saga_age_secs,"
+    " pantries_in_service, pantries_answering, pantries_not_answering, inventory_error and"
+    " problems (objects with problem and command).",
+    "whatis": "An object: id and is, a list of objects with kind, description and command.",
+    "pass history": "A list of pass objects, newest first: id, host, pid, started, finished"
+    " (null: did not finish), duration_secs, dry_run, exit_code, result, counts, errors and"
+    " warnings.",
+    "export diagnose": f"An object: record (one of the {_RECORD}), saga, latest_saga (id,"
+    " name, state, outcome, owner, lease_expires, lease_alive, last_event, failed_node, error,"
+    " abandon_reason, abandon_comment, or null), pantry_view, volume, history, next_pass,"
+    " verdict, command and healthy.",
+    "export release": "An object: export_id, saga_id, cleaned_up (what was done, as lines)"
+    " and record (the export record after).",
+    "export prune": "An object: dry_run, older_than, cutoff (UTC, ending in Z) and records"
+    " (removed, or that would be).",
+    "saga prune": "An object: dry_run, older_than, cutoff (UTC, ending in Z), include, sagas"
+    " and events (removed, or that would be).",
+    "saga retry-undo": "An object: saga_id, name, outcome, failed_node, error, error_type"
+    " and previous_undo_error.",
+    "volume list": "A list of objects: id, state, time_created, time_deleted, targets,"
+    " usage_rows, resources_to_clean_up and used_by.",
+    "volume show": "An object: id, state, time_created, time_modified, time_deleted, used_by,"
+    " data_error, targets (objects with target, resolves_to, deleting, problem, usage_row),"
+    " usage (objects with usage_id, type, region_id, named_by_data), resources_to_clean_up"
+    " and resources_to_clean_up_error.",
     "saga list": "A list of saga objects: id, name, saga_state, outcome, creator, params,"
     " current_sec, adopt_generation, the times, abandon_reason and abandon_comment.",
     "saga show": "The saga object with events: node_id, event_type, time and data.",

@@ -116,3 +116,16 @@ def test_the_root_lists_every_command_without_importing_it() -> None:
         group = typer.main.get_command(holder)
         unknown = set(group.commands) - set(main.SUBCOMMANDS)  # type: ignore[attr-defined]
         assert not unknown, f"add {unknown} to udx.cli.main.SUBCOMMANDS"
+
+
+def test_every_command_printing_json_documents_its_shape() -> None:
+    """A command with --json (or -o json) has its JSON OUTPUT in its man page."""
+    tree = _tree()
+    missing = []
+    for path, cmd in tree.items():
+        if "--json" not in _options(cmd):
+            continue
+        page = ROOT / "man" / ("-".join(["udx", *path.split()]) + ".1")
+        if ".SH JSON OUTPUT" not in page.read_text():
+            missing.append(path)
+    assert not missing, f"add their shapes to JSON_SHAPES in scripts/gen_docs.py: {missing}"
