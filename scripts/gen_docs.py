@@ -5,7 +5,8 @@ command) from udx's command definitions.
     python scripts/gen_docs.py          # write completions/ and man/
     python scripts/gen_docs.py --check  # exit 1 when the committed files are stale (CI)
 
-The completions are static tables (no call back into udx on every TAB), so they
+The completions are static tables (no call back into udx on every TAB, except
+for export and saga ids, which they ask `udx` for: udx.cli.complete), so they
 must be regenerated when the command line changes; CI checks that.
 """
 

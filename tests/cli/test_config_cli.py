@@ -130,3 +130,22 @@ def test_show_refuses_a_bad_value_with_its_source(tmp_path: Path) -> None:
     udx = Udx(tmp_path)
     r = udx("config", "show", env={"UDX_SAGA_LEASE_SECS": "0"})
     assert_one_line_error(r, 2, "environment: [saga] lease_secs", "seconds")
+
+
+def test_show_on_a_terminal_keeps_keys_whole(tmp_path: Path) -> None:
+    cfg = tmp_path / "udx.toml"
+    cfg.write_text("[coordinator]\nconcurrency = 4\n")
+    for columns in ("80", "160"):
+        env = clean_env(tmp_path, UDX_CONFIG=str(cfg), TTY_COMPATIBLE="1", COLUMNS=columns,
+                        NO_COLOR="1")
+        r = run_udx(["config", "show"], env)
+        assert r.returncode == 0, r.stderr
+        assert "\x1b" not in r.stdout  # NO_COLOR: no escape at all
+        flat = "".join(r.stdout.split())
+        assert f"configuration({cfg})({len(KEYS)})" in flat  # the title, folded or not
+        if columns == "160":
+            assert "│coordinator.concurrency│4│sagas│file│" in flat
+        for key in KEYS:
+            assert key in r.stdout, (columns, key)  # never cut or wrapped
+        if columns == "80":  # the unit and the file's path give way, never the key
+            assert "left out to fit 80 columns" in r.stdout
