@@ -224,3 +224,30 @@ def test_generated_scripts_ask_udx_only_for_ids() -> None:
     assert "(__udx_ids)" in fish
     zsh = (ROOT / "completions" / "_udx").read_text()
     assert "_udx_ids" in zsh
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_script_asks_udx_for_ids(filled: str, tmp_path: Path) -> None:
+    """The zsh script's _udx_ids, outside a completion widget (its _describe and
+    compadd need one): the words it passes reach udx's protocol intact."""
+    text = (ROOT / "completions" / "_udx").read_text()
+    func = text[text.index("_udx_ids() {"):text.index("\n}\n", text.index("_udx_ids() {")) + 3]
+    env = clean_env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    script = f"{func}\nwords=(udx --db {shlex.quote(filled)} export show aa)\nCURRENT=6\n_udx_ids\n"
+    r = subprocess.run(["zsh", "-f", "-c", script], capture_output=True, text=True, timeout=60,
+                       check=False, env=env)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout.split() == [str(e) for e in EXPORTS[:2]]
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_script_completes_ids(filled: str, tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    script = (f"source {shlex.quote(str(ROOT / 'completions' / 'udx.fish'))}; "
+              f"complete -C 'udx --db {filled} saga abandon c'")
+    r = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True, text=True,
+                       timeout=60, check=False, env=env)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert [ln.split("\t")[0] for ln in r.stdout.splitlines()] == [str(RUNNING)]
