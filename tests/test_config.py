@@ -378,3 +378,18 @@ def test_every_udx_variable_the_project_names_is_known() -> None:
     typos = {"UDX_PANTRY_RETRY_BUDGET", "UDX_FROB"}
     unknown = {k: v for k, v in found.items() if k not in known and k not in typos}
     assert not unknown, f"UDX_* names that udx would refuse: {unknown}"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/DESIGN.md"])
+def test_the_docs_config_example_has_every_key(doc: str, tmp_path: Path) -> None:
+    """The example config in the docs lists exactly the keys udx.config has, with
+    values the loader takes (a key added or renamed there fails here)."""
+    from udx.config import setting_fields
+
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    block = next(b for b in blocks if "[coordinator]" in b and "[saga]" in b)
+    data = tomllib.loads(block)
+    keys = [f"{section}.{key}" for section, values in data.items() for key in values]
+    assert sorted(keys) == sorted(f"{s}.{f.name}" for s, f in setting_fields())
+    load_settings(write(tmp_path, block), environ={})
