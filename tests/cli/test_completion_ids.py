@@ -180,7 +180,7 @@ def test_completion_without_a_usable_database_offers_nothing_quietly(
             times.append((silent_server in words, took))
     # A server that never answers costs udx's 1.5 s bound, not libpq's 5 s timeout.
     quick = min(t for hung, t in times if not hung)
-    assert max(t for hung, t in times if hung) - quick < 3.0, times
+    assert max(t for hung, t in times if hung) - quick < 3.5, times
     assert not missing.parent.exists()  # looking created nothing
     assert not (tmp_path / "data").exists()
 
