@@ -99,13 +99,16 @@ def pass_(
         bounds["prune_older_than"] = parse_duration(prune_text, "--prune-older-than")
     db = st.database()
     # A dry run writes its history row (dry_run = true) and nothing else; one
-    # that cannot (a read-only database user) still shows its plan.
+    # that cannot (a read-only database user, an SQLite file another process is
+    # writing: a dry run reads, it never waits for a writer) still shows its plan.
     recorder: _Recorder | None
     if dry_run:
+        from udx.domain.errors import DatabaseBusy
+
         try:
             recorder = _Recorder(db, dry_run)
         except UdxError as err:
-            if err.exit_code == EXIT_UNAVAILABLE:
+            if err.exit_code == EXIT_UNAVAILABLE and not isinstance(err, DatabaseBusy):
                 raise
             import logging
 
@@ -147,6 +150,7 @@ class _Recorder:
         from udx.db.types import utcnow
 
         self.db = db
+        self.dry_run = dry_run
         self.id = uuid.uuid4()
         self.started = utcnow()
         self.status: PassStatus | None = None
@@ -157,6 +161,7 @@ class _Recorder:
                 c, self.id, host=host, pid=pid, started=self.started, dry_run=dry_run
             ),
             name="record pass start",
+            wait=not dry_run,
         )
 
     def finish(self, exit_code: int) -> None:
@@ -188,6 +193,7 @@ class _Recorder:
                     warnings=warnings,
                 ),
                 name="record pass end",
+                wait=not self.dry_run,
             )
         except Exception as err:  # the pass's own result matters more than its history
             # INFO, not WARNING: the pass's own error (often the same cause) is the one line.

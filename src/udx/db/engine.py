@@ -156,6 +156,7 @@ class Database:
         *,
         name: str = "transaction",
         isolation: str | None = None,
+        wait: bool = True,
     ) -> T:
         """Run `fn` in one transaction, re-running it on serialization failures.
 
@@ -163,17 +164,22 @@ class Database:
         database through `conn`, which is rolled back before a retry).
         `isolation` (e.g. "READ COMMITTED") overrides the engine's level on
         PostgreSQL, for writes whose safety rests on row locks alone.
+        `wait=False`: on SQLite, a database another process is writing is
+        DatabaseBusy at once instead of after busy_timeout_secs (a write a
+        reading command makes on the side, which must not hold it up).
         """
         delay = 0.005
         start = time.monotonic()
         for attempt in range(1, self.retry_attempts + 1):
             try:
-                with self._begin(isolation) as conn:
+                with self._begin(isolation, wait=wait) as conn:
                     return fn(conn)
             except exc.DBAPIError as err:
                 # A busy SQLite database already waited in SQLite's busy handler:
                 # retry only a busy answer that came early (not after the wait).
-                waited_out = is_busy(err) and time.monotonic() - start >= self.busy_timeout_secs
+                waited_out = is_busy(err) and (
+                    not wait or time.monotonic() - start >= self.busy_timeout_secs
+                )
                 if is_retryable(err) and attempt < self.retry_attempts and not waited_out:
                     log.debug("%s: retrying after %s (attempt %d)", name, _sqlstate(err), attempt)
                     time.sleep(delay * (1 + random.random()))
@@ -202,7 +208,20 @@ class Database:
         return _BoundDatabase(self, conn)
 
     @contextmanager
-    def _begin(self, isolation: str | None) -> Iterator[Connection]:
+    def _begin(self, isolation: str | None, *, wait: bool = True) -> Iterator[Connection]:
+        if not wait and self.dialect == "sqlite":
+            with self.engine.connect() as conn:
+                # On the driver's connection: through `conn` it would begin the
+                # transaction (BEGIN IMMEDIATE, which is what waits) first.
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                raw.execute("PRAGMA busy_timeout=0")
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    raw.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_secs * 1000)}")
+            return
         if isolation is None or self.dialect != "postgresql":
             with self.engine.begin() as conn:
                 yield conn
@@ -270,8 +289,9 @@ class _BoundDatabase(Database):
         *,
         name: str = "transaction",
         isolation: str | None = None,
+        wait: bool = True,
     ) -> T:
-        # `isolation` cannot change mid-transaction: the enclosing one's level holds.
+        # `isolation` and `wait` cannot change mid-transaction: the enclosing one's hold.
         try:
             return fn(self._conn)
         except exc.DBAPIError as err:
