@@ -32,10 +32,13 @@ def test_changeset_json_goes_out_before_the_last_list_is_read(
             for piece in jsonstream.iter_json(fields_of(conn)):
                 pieces.append((log.count, changeset.ascii_only(piece)))
         assert "".join(p for _, p in pieces) == expected
-        assert log.count == 4  # one statement per list, whatever the rows
+        # One statement per list, whatever the rows; on PostgreSQL one SET first
+        # (plan the cursors for every row).
+        setup = 1 if db.dialect == "postgresql" else 0
+        assert log.count == 4 + setup
         # The first list's items were written before the other lists were read.
         first_items = next(i for i, (_, p) in enumerate(pieces) if p.startswith("{\"resource_"))
-        assert pieces[first_items][0] == 1, pieces[:5]
+        assert pieces[first_items][0] == 1 + setup, pieces[:5]
         assert len(pieces) > 12  # in pieces of jsonstream.CHUNK items, not whole
 
 

@@ -100,8 +100,22 @@ STREAM_CHUNK = 2000
 
 
 def _stream(conn: Connection, q: Any) -> Any:
-    """Rows fetched STREAM_CHUNK at a time (a server-side cursor on PostgreSQL)."""
+    """Rows fetched STREAM_CHUNK at a time (a server-side cursor on PostgreSQL;
+    call `_plan_for_every_row` first)."""
     return conn.execution_options(yield_per=STREAM_CHUNK).execute(q)
+
+
+def _plan_for_every_row(conn: Connection) -> None:
+    """PostgreSQL plans a cursor's query for its first 10% of rows
+    (cursor_tuple_fraction): nested loops over the indexes instead of the hash
+    joins that read every row once, 2.6x psql's time at 100k rows per table and
+    3.5x at 1M. The streams read every row, so plan for all of them (for this
+    transaction only)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "SET LOCAL cursor_tuple_fraction = 1.0",
+            execution_options={"stream_results": False, "yield_per": None},
+        )
 
 
 def _iter_joined(conn: Connection, *where: ColumnElement[bool]) -> Iterator[dict[str, Any]]:
@@ -251,7 +265,9 @@ _NOT_JSON_ASCII = re.compile("[\x7f-\U0010ffff]")
 def preview_fields(conn: Connection) -> list[tuple[str, Stream]]:
     """The fields of `preview(conn).to_json(include_would_mark=True)` on any engine,
     each list of dicts read while it is written: one statement per list, run in the
-    order the lists are written, STREAM_CHUNK rows at a time."""
+    order the lists are written, STREAM_CHUNK rows at a time (and on PostgreSQL
+    one SET first)."""
+    _plan_for_every_row(conn)
     return [
         ("request_required", Stream(_iter_request_required(conn))),
         ("create_required", Stream(_iter_joined(conn, _REQUESTED, _UNMARKED, _PRESENT))),
@@ -267,10 +283,11 @@ def preview_json_fields(conn: Connection) -> list[tuple[str, Stream]]:
 
     On PostgreSQL the items are JSON text the database rendered (`raw`); write them
     through `ascii_only`. Other engines give the records' dicts. One statement per
-    list either way, run in the order the lists are written.
+    list either way (after one SET on PostgreSQL), run in the order the lists are written.
     """
     if conn.dialect.name != "postgresql":
         return preview_fields(conn)
+    _plan_for_every_row(conn)
     return [
         ("request_required", Stream(_request_required_json(conn), raw=True)),
         ("create_required", Stream(_joined_json(conn, _REQUESTED, _UNMARKED, _PRESENT), raw=True)),
