@@ -13,8 +13,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,17 @@ def timed_runs(cmd: Sequence[str], n: int, env: dict[str, str] | None = None) ->
         if r.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.decode()[-500:]}")
     return times
+
+
+def run_threads(worker: Callable[[int], None], n: int) -> float:
+    """Run worker(0) .. worker(n - 1) on n threads at once; their wall time."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
 
 
 def summary(times: Sequence[float]) -> dict[str, float]:

@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, udx_executable, write_results
-from pass_throughput import Pantries
+from pass_throughput import Pantries, seed_url
 
 GOAL_LINEAR = 0.8  # end rate / start rate at least this
 GOAL_RSS_MB = 300.0  # at 100k
@@ -48,22 +48,12 @@ DECILES = 10
 
 
 def seed(cluster: Any, dbname: str, n: int, pantry_addrs: list[str]) -> float:
-    from udx.datastore import pantries
     from udx.db.engine import open_database
-    from udx.db.migrate import upgrade
-    from udx.domain.address import PantryAddress
-    from udx.seed import seed_fleet
 
     cluster.admin(f"CREATE DATABASE {dbname}")
-    db = open_database(cluster.url(dbname))
-    upgrade(db)
     t0 = time.perf_counter()
-    with db.begin() as conn:
-        seed_fleet(
-            conn, snapshots=n // 2, project_images=n // 4, silo_images=n - n // 2 - n // 4, seed=7
-        )
-        for addr in pantry_addrs:
-            pantries.add(conn, PantryAddress.parse(addr))
+    seed_url(cluster.url(dbname), n, pantry_addrs)
+    db = open_database(cluster.url(dbname))
     with db.connect() as conn:
         conn.exec_driver_sql("ANALYZE")
         conn.commit()

@@ -39,15 +39,14 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, udx_executable, write_results
-from pass_throughput import Pantries, make_template, one_pass
+from _common import print_table, run_threads, udx_executable, write_results
+from pass_throughput import Pantries, make_template, one_pass, seed_url
 
 GOAL_RATIO = 0.6
 GOAL_CONCURRENCY = 4
@@ -182,13 +181,7 @@ def pantry_bound(addresses: list[str], request: dict[str, Any], clients: int, se
                 n += 1
             done[i] = n
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_threads(worker, clients)
     if errors:
         raise SystemExit(f"pantry bound: {errors[0]}")
     return sum(done) / wall
@@ -229,24 +222,6 @@ SQLITE_SECOND = [
     "UPDATE saga SET saga_state = 'done', outcome = 'succeeded', lease_expires = NULL "
     "WHERE id = :sid",
 ]
-
-
-def make_sqlite_template(path: Path, n: int, pantry_addrs: list[str]) -> None:
-    from udx.datastore import pantries
-    from udx.db.engine import open_database
-    from udx.db.migrate import upgrade
-    from udx.domain.address import PantryAddress
-    from udx.seed import seed_fleet
-
-    db = open_database(f"sqlite:///{path}")
-    upgrade(db)
-    with db.begin() as conn:
-        seed_fleet(
-            conn, snapshots=n // 2, project_images=n // 4, silo_images=n - n // 2 - n // 4, seed=7
-        )
-        for addr in pantry_addrs:
-            pantries.add(conn, PantryAddress.parse(addr))
-    db.dispose()
 
 
 def sqlite_database_bound(template: Path, clients: int, secs: float, workdir: Path) -> float:
@@ -301,13 +276,7 @@ def sqlite_database_bound(template: Path, clients: int, secs: float, workdir: Pa
             conn.close()
             done[i] = n
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_threads(worker, clients)
     if errors:
         raise SystemExit(f"sqlite bound: {errors[0]}")
     return sum(done) / wall
@@ -438,7 +407,7 @@ def main() -> None:
                 cluster.stop()
         if "sqlite" in engines:
             template = workdir / "template.db"
-            make_sqlite_template(template, n, pantries.addresses)
+            seed_url(f"sqlite:///{template}", n, pantries.addresses)
             request = a_source_request(f"sqlite:///{template}")
             for c in levels:
                 db_rate = sqlite_database_bound(template, c, secs, workdir)

@@ -96,15 +96,16 @@ class Pantries:
         self.procs = []
 
 
-def make_template(cluster: Any, n: int, pantry_addrs: list[str]) -> None:
+def seed_url(url: str, n: int, pantry_addrs: list[str]) -> None:
+    """Migrate the database at `url` and seed it: n resources (half snapshots, a
+    quarter project images, a quarter silo images) and the pantries."""
     from udx.datastore import pantries
     from udx.db.engine import open_database
     from udx.db.migrate import upgrade
     from udx.domain.address import PantryAddress
     from udx.seed import seed_fleet
 
-    cluster.admin("CREATE DATABASE pass_template")
-    db = open_database(cluster.url("pass_template"))
+    db = open_database(url)
     upgrade(db)
     with db.begin() as conn:
         seed_fleet(
@@ -113,6 +114,11 @@ def make_template(cluster: Any, n: int, pantry_addrs: list[str]) -> None:
         for addr in pantry_addrs:
             pantries.add(conn, PantryAddress.parse(addr))
     db.dispose()
+
+
+def make_template(cluster: Any, n: int, pantry_addrs: list[str]) -> None:
+    cluster.admin("CREATE DATABASE pass_template")
+    seed_url(cluster.url("pass_template"), n, pantry_addrs)
 
 
 class _RetryCounter(logging.Handler):
