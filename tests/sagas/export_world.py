@@ -38,6 +38,17 @@ def make_deps(db: Database) -> ExportSagaDeps:
     return ExportSagaDeps(DbInventory(db), request_timeout_secs=1.0, retry_budget_secs=2.0)
 
 
+def make_pass_deps(db: Database) -> ExportSagaDeps:
+    """Deps as a pass holds them: the pantries probed once, so the create saga's
+    pick is made in memory and joins the log transaction before it."""
+    from udx.pantry.health import PassPantries, probe_all
+
+    deps = make_deps(db)
+    in_service = DbInventory(db).in_service()
+    deps.begin_pass(PassPantries(in_service, probe_all(in_service, deps.client), slow_secs=5.0))
+    return deps
+
+
 def seed_image(db: Database) -> uuid.UUID:
     """An image whose volume has a read-only parent: 6 targets, of both kinds (the
     sub-volume's are region snapshots, the parent mixes them with a read-only
@@ -92,19 +103,29 @@ def world(db: Database, sims: list[SimulatedPantry]) -> dict[str, Any]:
         )
         # Per resource: how many usage rows name it, and whether it is deleting.
         users = Counter(
-            (r.usage_type, str(r.region_id), str(r.region_snapshot_snapshot_id),
-             str(r.region_snapshot_region_id))
+            (
+                r.usage_type,
+                str(r.region_id),
+                str(r.region_snapshot_snapshot_id),
+                str(r.region_snapshot_region_id),
+            )
             for r in conn.execute(select(volume_resource_usage))
         )
         refs = sorted(
             [
-                ("region_snapshot", users[("region_snapshot", "None", str(r.snapshot_id),
-                                           str(r.region_id))], bool(r.deleting))
+                (
+                    "region_snapshot",
+                    users[("region_snapshot", "None", str(r.snapshot_id), str(r.region_id))],
+                    bool(r.deleting),
+                )
                 for r in conn.execute(select(region_snapshot))
             ]
             + [
-                ("read_only_region", users[("read_only_region", str(r.id), "None", "None")],
-                 bool(r.deleting))
+                (
+                    "read_only_region",
+                    users[("read_only_region", str(r.id), "None", "None")],
+                    bool(r.deleting),
+                )
                 for r in conn.execute(select(region).where(region.c.read_only.is_(True)))
             ]
         )

@@ -43,14 +43,25 @@ def image_id(db: Database):
     return w.seed_image(db)
 
 
-def _create_harness(db_url, db, sims, image_id) -> SagaHarness:
+# The create saga runs in two shapes: outside a pass its pantry pick calls pantries
+# and runs alone; in a pass it is made in memory and joins the log transaction of
+# the nodes before it. The harness drives both.
+DEPS = ["tests.sagas.export_world:make_deps", "tests.sagas.export_world:make_pass_deps"]
+
+
+@pytest.fixture(params=DEPS, ids=["alone", "in-pass"])
+def create_deps(request) -> str:
+    return request.param
+
+
+def _create_harness(db_url, db, sims, image_id, deps=DEPS[0]) -> SagaHarness:
     return SagaHarness(
         db_url,
         "udx.sagas.export_create:CREATE_SAGA",
         reset=lambda: w.reset_requested(db, sims, image_id),
         params={"export_id": str(w.EXPORT_ID)},
         world=lambda: w.world(db, sims),
-        deps="tests.sagas.export_world:make_deps",
+        deps=deps,
         lease_secs=0.2,
     )
 
@@ -67,8 +78,8 @@ def _delete_harness(db_url, db, sims, image_id) -> SagaHarness:
     )
 
 
-def test_create_saga_normal_run(db_url, db, sims, image_id):
-    with _create_harness(db_url, db, sims, image_id) as h:
+def test_create_saga_normal_run(db_url, db, sims, image_id, create_deps):
+    with _create_harness(db_url, db, sims, image_id, create_deps) as h:
         start, end, _ = h.baseline()
     assert start["record"] == ("requested", True, False, False, False)
     assert end["record"] == ("live", True, False, True, True)
@@ -80,20 +91,20 @@ def test_create_saga_normal_run(db_url, db, sims, image_id):
     assert sum(s.total_attach_calls for s in sims) >= 1
 
 
-def test_create_saga_actions_twice_unwind_and_undo_twice(db_url, db, sims, image_id):
-    with _create_harness(db_url, db, sims, image_id) as h:
+def test_create_saga_actions_twice_unwind_and_undo_twice(db_url, db, sims, image_id, create_deps):
+    with _create_harness(db_url, db, sims, image_id, create_deps) as h:
         h.check_actions_idempotent()
         assert h.check_unwind_at_each_node() == len(CREATE_SAGA.nodes)
         h.check_undos_idempotent()
 
 
-def test_create_saga_crash_at_each_point(db_url, db, sims, image_id):
-    with _create_harness(db_url, db, sims, image_id) as h:
+def test_create_saga_crash_at_each_point(db_url, db, sims, image_id, create_deps):
+    with _create_harness(db_url, db, sims, image_id, create_deps) as h:
         assert h.check_crash_at_each_point() > len(CREATE_SAGA.nodes)
 
 
-def test_create_saga_crash_while_unwinding(db_url, db, sims, image_id):
-    with _create_harness(db_url, db, sims, image_id) as h:
+def test_create_saga_crash_while_unwinding(db_url, db, sims, image_id, create_deps):
+    with _create_harness(db_url, db, sims, image_id, create_deps) as h:
         assert h.check_crash_at_each_point(fail_at="go_live") > 0
 
 
@@ -283,3 +294,26 @@ def test_delete_saga_with_a_missing_usage_row_fails_before_detaching(db, sims, i
     with db.connect() as conn:
         assert exports.get_required(conn, w.EXPORT_ID).resource_deleted
 
+
+def test_in_a_pass_the_pick_joins_the_log_transaction_before_it(db, sims, image_id):
+    """In a pass the pick is made from the probe in memory: the first log transaction
+    takes it (and the attach's `started`), one transaction and two statements fewer
+    per export. Outside a pass it calls pantries and so runs in a transaction of its
+    own (never with the saga row locked across HTTP)."""
+    from udx.testing.statements import count_statements
+
+    counts = {}
+    for shape, make in [("alone", w.make_deps), ("in-pass", w.make_pass_deps)]:
+        w.reset_requested(db, sims, image_id)
+        deps = make(db)
+        with SagaExecutor(db, [CREATE_SAGA], deps=deps) as ex, count_statements(db.engine) as log:
+            result = ex.run(CREATE_SAGA.name, {"export_id": str(w.EXPORT_ID)})
+        assert result.ok, result.error
+        assert w.world(db, sims)["record"] == ("live", True, False, True, True)
+        writes = [s for s in log.statements if s.upper().startswith("INSERT INTO SAGA_NODE")]
+        counts[shape] = (log.transactions, len(writes))
+    (tx_alone, ev_alone), (tx_pass, ev_pass) = counts["alone"], counts["in-pass"]
+    # In a pass: ids to the attach's `started` in one, attach's end to Live in the
+    # other. Alone: one more log write, plus the inventory read of the pick.
+    assert (tx_pass, tx_alone) == (2, 4)
+    assert (ev_pass, ev_alone) == (2, 3)  # one multi-row INSERT per log write

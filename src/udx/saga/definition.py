@@ -27,12 +27,21 @@ class Node:
     rest on row locks, i.e. conditional UPDATEs and rows keyed by ids the saga
     owns. Never set it on a node that calls out (HTTP): the transaction, and the
     saga row's lock, would stay open for the whole call.
+
+    It may also be a predicate over the executor's deps, for a node that calls
+    out in some settings and not in others (the create saga's pantry pick is
+    pure memory in a pass, where the pantries were probed once, and a status
+    call outside one). It is asked once per drive of the saga.
     """
 
     name: str
     action: Callable[[ActionContext], Any]
     undo: Callable[[ActionContext], None] | None = None
-    in_log_transaction: bool = False
+    in_log_transaction: bool | Callable[[Any], bool] = False
+
+    def runs_in_log_transaction(self, deps: Any) -> bool:
+        flag = self.in_log_transaction
+        return bool(flag(deps)) if callable(flag) else flag
 
 
 @dataclass(frozen=True)

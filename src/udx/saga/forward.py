@@ -41,6 +41,7 @@ class SagaForward(SagaLogWriter):
         """
         nodes = run.definition.nodes
         last = nodes[-1]
+        inlog = {n.name: n.runs_in_log_transaction(self.deps) for n in nodes}
         pending: list[Event] = []
         prestarted: str | None = None  # a node whose `started` went with the group before
         solo: set[str] = set()  # in-log nodes to run one per transaction (a group failed)
@@ -59,18 +60,18 @@ class SagaForward(SagaLogWriter):
             if prestarted != node.name:
                 started.append((node.name, "started", None))
             group = [node]
-            if node.in_log_transaction and node.name not in solo:
+            if inlog[node.name] and node.name not in solo:
                 for nxt in nodes[i + 1 :]:
-                    if not nxt.in_log_transaction or nxt.name in run.outputs:
+                    if not inlog[nxt.name] or nxt.name in run.outputs:
                         break
                     if nxt.name == run.failed_node:
                         break
                     group.append(nxt)
             try:
-                if node.in_log_transaction:
+                if inlog[node.name]:
                     after = i + len(group)
                     then: list[Event] = []
-                    if after < len(nodes) and not nodes[after].in_log_transaction:
+                    if after < len(nodes) and not inlog[nodes[after].name]:
                         then = [(nodes[after].name, "started", None)]
                     datas = self._act_in_log_transaction(
                         run, group, started, group[-1] is last, then

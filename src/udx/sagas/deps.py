@@ -96,6 +96,10 @@ class ExportSagaDeps:
     def end_pass(self) -> None:
         self._pass = None
 
+    def picks_from_memory(self) -> bool:
+        """True in a pass: `pick_pantry` then makes no call and reads no table."""
+        return self._pass is not None
+
     def pick_pantry(self) -> PantryAddress:
         """A uniformly random in-service pantry that answers. In a pass: among those
         that answered the pass's probe and failed no call since, with no call and no

@@ -16,7 +16,7 @@ from udx.domain.address import PantryAddress
 from udx.domain.errors import NotFound
 from udx.domain.model import ResourceType
 from udx.saga import ActionContext, Node, SagaDefinition, SagaFenced
-from udx.sagas.deps import deps_of
+from udx.sagas.deps import ExportSagaDeps, deps_of
 from udx.sagas.params import uuid_param
 
 EXPORT_CREATE = "export-create"
@@ -95,6 +95,13 @@ def pick_pantry(ctx: ActionContext) -> str:
     return str(deps_of(ctx).pick_pantry())
 
 
+def _picks_from_memory(deps: Any) -> bool:
+    """In a pass the pick reads the pass's probe, in memory: it then joins the log
+    transaction of the nodes before it (one transaction fewer per export).
+    Outside one it reads the inventory and calls pantries, so it runs alone."""
+    return isinstance(deps, ExportSagaDeps) and deps.picks_from_memory()
+
+
 def attach(ctx: ActionContext) -> None:
     """Attach; on failure, detach before failing. A failed action's undo never
     runs, yet a POST that timed out (or ran out of budget) may still have attached
@@ -160,7 +167,7 @@ CREATE_SAGA = SagaDefinition(
         Node("read_generation", read_generation, in_log_transaction=True),
         Node("lock", lock, unlock, in_log_transaction=True),
         Node("copy_volume", copy_volume, delete_volume_copy, in_log_transaction=True),
-        Node("pick_pantry", pick_pantry),
+        Node("pick_pantry", pick_pantry, in_log_transaction=_picks_from_memory),
         Node("attach", attach, detach),
         Node("go_live", go_live, in_log_transaction=True),
     ],
