@@ -172,3 +172,14 @@ def test_passwords_in_query_strings_and_with_at_signs_are_masked(url: str, secre
     for masked in (mask_url(url), mask_secrets(f"cannot reach {url}: refused", url)):
         assert secret not in masked and "***" in masked
         assert "db.example/omicron" in masked  # the rest stays readable
+
+
+def test_parsed_addresses_are_remembered_and_errors_are_not() -> None:
+    a = PantryAddress.parse("[fd00::0001]:17000")
+    assert PantryAddress.parse("[fd00::0001]:17000") is a  # cached
+    assert PantryAddress.from_parts("fd00::1", 17000) == a
+    for _ in range(2):  # a refusal is raised every time, never remembered as a value
+        with pytest.raises(BadInput, match="host name"):
+            PantryAddress.parse("localhost:17000")
+        with pytest.raises(BadInput, match=r"1\.\.65535"):
+            PantryAddress.from_parts("10.0.0.1", 0)

@@ -223,6 +223,25 @@ def test_a_writable_region_at_the_address_is_not_a_read_only_target(db: Database
         volumes.copy_volume(conn, src, uuid.uuid4())
 
 
+@pytest.mark.parametrize("chunk", [500, 2])
+def test_copy_writes_its_usage_rows_in_one_statement_per_chunk(
+    db: Database, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Six usage rows: one INSERT (not one per row), or one per chunk of `chunk`."""
+    monkeypatch.setattr(volumes, "_USAGE_CHUNK", chunk)
+    src, _vcr = _source_volume(db, image=True, replaced=1, parent_replaced=2)
+    new_id = uuid.uuid4()
+    with db.begin() as conn, count_statements(db.engine) as log:
+        volumes.copy_volume(conn, src, new_id)
+    usage_insert = "INSERT INTO VOLUME_RESOURCE_USAGE"
+    inserts = [s for s in log.statements if s.upper().startswith(usage_insert)]
+    assert len(inserts) == -(-6 // chunk)
+    rows_per_statement = [s.count("), (") + 1 for s in inserts]  # multi-row VALUES
+    assert rows_per_statement == ([6] if chunk > 6 else [chunk] * (6 // chunk))
+    assert _usage(db, new_id) == _usage(db, src)
+    assert check_invariants(db) == []
+
+
 def test_copy_refuses_a_target_that_resolves_to_nothing_and_writes_nothing(
     db: Database,
 ) -> None:

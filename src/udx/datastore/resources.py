@@ -26,8 +26,22 @@ _GET = {
 }  # built once: see exports._update
 
 
+_VOLUME_ID = {
+    kind: select(resource_table(kind).c.volume_id).where(
+        resource_table(kind).c.id == bindparam("b_id")
+    )
+    for kind in ResourceType
+}
+
+
 def get_resource(conn: Connection, kind: ResourceType, resource_id: uuid.UUID) -> Any | None:
     return conn.execute(_GET[kind], {"b_id": resource_id}).first()
+
+
+def volume_id_of(conn: Connection, kind: ResourceType, resource_id: uuid.UUID) -> uuid.UUID | None:
+    """The volume of a snapshot or image, soft-deleted or not; None when no such row."""
+    value = conn.execute(_VOLUME_ID[kind], {"b_id": resource_id}).scalar()
+    return None if value is None else uuid.UUID(str(value))
 
 
 def soft_delete(conn: Connection, kind: ResourceType, ids: Sequence[uuid.UUID]) -> int:

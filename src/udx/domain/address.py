@@ -9,6 +9,7 @@ a pantry is named by its address, and a zone id means nothing on another host.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -33,6 +34,12 @@ class PantryAddress:
 
     @classmethod
     def from_parts(cls, ip: str | IPAddress, port: int) -> PantryAddress:
+        if cls is PantryAddress and isinstance(ip, str) and type(port) is int:
+            return _from_text_parts(ip, port)
+        return cls._from_parts(ip, port)
+
+    @classmethod
+    def _from_parts(cls, ip: str | IPAddress, port: int) -> PantryAddress:
         if isinstance(ip, str) and "%" in ip:
             raise BadInput(_zone_refused(ip))
         try:
@@ -51,6 +58,12 @@ class PantryAddress:
     @classmethod
     def parse(cls, text: str) -> PantryAddress:
         """Parse "ip:port" or "[ipv6]:port"; BadInput with the reason otherwise."""
+        if cls is PantryAddress and isinstance(text, str):
+            return _parse_text(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> PantryAddress:
         raw = text.strip()
         if "%" in raw:
             raise BadInput(_zone_refused(text))
@@ -87,6 +100,19 @@ class PantryAddress:
     @property
     def base_url(self) -> str:
         return f"http://{self}"
+
+
+# A pass parses the same few pantry addresses (and the same target addresses) many
+# times per export; the values are immutable, so remember them. Errors are not
+# cached (lru_cache passes exceptions through).
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str) -> PantryAddress:
+    return PantryAddress._parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _from_text_parts(ip: str, port: int) -> PantryAddress:
+    return PantryAddress._from_parts(ip, port)
 
 
 def canonical_address(text: str) -> str:

@@ -75,10 +75,10 @@ def copy_volume(ctx: ActionContext) -> dict[str, Any]:
     def tx(conn: Any) -> dict[str, Any]:
         # The resource may have been deleted since the record was locked: the saga
         # still finishes (DESIGN.md section 3), so read the row even if soft-deleted.
-        row = resources.get_resource(conn, kind, rid)
-        if row is None:
+        source = resources.volume_id_of(conn, kind, rid)
+        if source is None:
             raise NotFound(f"{kind.value} {rid} no longer exists")
-        return volumes.copy_volume(conn, uuid.UUID(str(row._mapping["volume_id"])), new_id)
+        return volumes.copy_volume(conn, source, new_id)
 
     request = ctx.db.transaction(tx)
     return {"volume_id": str(new_id), "request": request}
