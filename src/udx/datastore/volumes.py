@@ -35,6 +35,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     tuple_,
     union_all,
     update,
@@ -451,15 +452,18 @@ _INSERT = volume.insert().values(
 )
 # Usage rows in one multi-row INSERT per chunk, built once per row count: an
 # executemany is one statement per row (psycopg pipelines them, each with its
-# own parse, bind and result), for the 3 to 15 rows of a typical copy.
+# own parse, bind and result), for the 3 to 15 rows of a typical copy. A text
+# statement, because SQLAlchemy never caches a multi-row insert().values([...])
+# ("no key": compiled again on every execution).
 _USAGE_CHUNK = 500  # x 7 columns, far below SQLite's 32766 variables
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_usage(n: int) -> Any:
     names = ("usage_id", "volume_id", *(c.name for c in _USAGE_COLUMNS))
-    return usage.insert().values(
-        [{c: bindparam(f"b_{c}_{i}", type_=usage.c[c].type) for c in names} for i in range(n)]
+    rows = ", ".join("(" + ", ".join(f":b_{c}_{i}" for c in names) + ")" for i in range(n))
+    return text(f"INSERT INTO {usage.name} ({', '.join(names)}) VALUES {rows}").bindparams(
+        *(bindparam(f"b_{c}_{i}", type_=usage.c[c].type) for i in range(n) for c in names)
     )
 
 
@@ -731,8 +735,8 @@ def soft_deleted_with_clean_up(conn: Connection) -> Iterator[tuple[uuid.UUID, Cl
             volume.c.time_deleted.is_not(None)
         )
     )
-    for vid, text in rows:
-        yield vid, CleanUp.parse(text)
+    for vid, clean_up in rows:
+        yield vid, CleanUp.parse(clean_up)
 
 
 
