@@ -450,6 +450,14 @@ _INSERT = volume.insert().values(
     data=bindparam("b_data"),
     resources_to_clean_up=None,
 )
+_USAGE_COLUMNS = (
+    usage.c.usage_type,
+    usage.c.region_id,
+    usage.c.region_snapshot_dataset_id,
+    usage.c.region_snapshot_region_id,
+    usage.c.region_snapshot_snapshot_id,
+)
+
 # Usage rows in one multi-row INSERT per chunk, built once per row count: an
 # executemany is one statement per row (psycopg pipelines them, each with its
 # own parse, bind and result), for the 3 to 15 rows of a typical copy. A text
@@ -474,13 +482,7 @@ def insert_usage_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         params = {f"b_{c}_{j}": v for j, row in enumerate(chunk) for c, v in row.items()}
         conn.execute(_insert_usage(len(chunk)), params)
 
-_USAGE_COLUMNS = (
-    usage.c.usage_type,
-    usage.c.region_id,
-    usage.c.region_snapshot_dataset_id,
-    usage.c.region_snapshot_region_id,
-    usage.c.region_snapshot_snapshot_id,
-)
+
 _SOFT_DELETE = (
     update(volume)
     .where(volume.c.id == bindparam("b_id"), volume.c.time_deleted.is_(None))

@@ -102,9 +102,9 @@ class PantryAddress:
         return f"http://{self}"
 
 
-# A pass parses the same few pantry addresses (and the same target addresses) many
-# times per export; the values are immutable, so remember them. Errors are not
-# cached (lru_cache passes exceptions through).
+# A pass parses the same few pantry addresses several times per export; the
+# values are immutable, so remember them. Errors are not cached (lru_cache
+# passes exceptions through).
 @functools.lru_cache(maxsize=4096)
 def _parse_text(text: str) -> PantryAddress:
     return PantryAddress._parse(text)

@@ -24,14 +24,13 @@ class SagaUnwind(SagaLogWriter):
 
     def _unwind(self, run: Run, by_node: dict[str, dict[str, saga_log.NodeEvent]]) -> SagaResult:
         for node in reversed(run.definition.nodes):
-            inlog = node.runs_in_log_transaction(self.deps)
             if node.name not in run.outputs or node.undo is None:
                 continue  # only what succeeded is undone; a failed action left nothing
             if "undo_finished" in by_node.get(node.name, {}):
                 continue
             undo_started: list[Event] = [(node.name, "undo_started", None)]
             try:
-                if inlog:
+                if node.runs_in_log_transaction(self.deps):
                     self._undo_in_log_transaction(run, node, undo_started)
                     continue
                 self._write(run, ("unwinding",), events=undo_started)
