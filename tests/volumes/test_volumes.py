@@ -170,6 +170,39 @@ def test_one_statement_resolves_every_target_of_a_request(db: Database) -> None:
     assert log.count == 1, log.statements
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 9])
+def test_resolve_pads_its_in_lists_and_reuses_one_statement_per_size(
+    db: Database, n: int
+) -> None:
+    # n read-only regions plus as many addresses that name nothing: the padding
+    # ("-", port -1) must match no row, and sizes within one power of two share SQL.
+    regions = {f"10.9.0.{i}:{19100 + i}": _add_read_only_region(db, f"10.9.0.{i}", 19100 + i)
+               for i in range(n)}
+    missing = [f"10.8.0.{i}:1" for i in range(n)]
+    with db.connect() as conn, count_statements(db.engine) as log:
+        resolved, problems = volumes.resolve_targets(conn, list(regions))
+        again, _ = volumes.resolve_targets(conn, list(regions)[: max(n - 1, 1)])
+        _, refused = volumes.resolve_targets(conn, missing)
+    assert {t: r.region_id for t, r in resolved.items()} == regions and problems == {}
+    assert len(again) == max(n - 1, 1)
+    assert set(refused) == set(missing)
+    # One statement per call, and the second (n - 1 targets) reuses the first's
+    # SQL unless n - 1 falls into the next smaller power of two.
+    assert log.count == 4, log.statements  # the refused ones also ask for deleting ones
+    first, second = [s for s in log.statements if s.lstrip().startswith("SELECT")][:2]
+    assert (first == second) == (volumes._bucket(n) == volumes._bucket(max(n - 1, 1)))
+
+
+def test_resolve_splits_a_very_large_set_into_chunks(db: Database, monkeypatch: Any) -> None:
+    monkeypatch.setattr(volumes, "_CHUNK", 4)
+    regions = {f"10.7.0.{i}:{19200 + i}": _add_read_only_region(db, f"10.7.0.{i}", 19200 + i)
+               for i in range(9)}
+    with db.connect() as conn, count_statements(db.engine) as log:
+        resolved, problems = volumes.resolve_targets(conn, list(regions))
+    assert {t: r.region_id for t, r in resolved.items()} == regions and problems == {}
+    assert log.count == 3, log.statements
+
+
 def _volume_with_targets(db: Database, targets: list[str]) -> uuid.UUID:
     vid = uuid.uuid4()
     vcr = seed.volume_request(vid, [seed.region(targets)])
