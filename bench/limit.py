@@ -23,6 +23,12 @@ processes (as bench/pass_throughput.py sets them up):
   copy of a seeded file).
 
 The bound is the smaller of the two; udx's ratio is its rate over that bound.
+Each of the two has both cores to itself, while an export needs the database
+and a pantry at once (and udx itself) on the same cores. So on PostgreSQL a
+third measurement runs both together, pgbench and the attach client side by
+side for --secs: "both at once" is the smaller of their two rates then, and
+udx's ratio to it is reported too. (Not on SQLite, whose bound runs in this
+process's threads and would share the attach client's GIL.)
 Goal (issue 13): at least 0.6 at concurrency 4, on PostgreSQL and on SQLite.
 Numbers taken on a loaded machine are noise: run it on a quiet one.
 """
@@ -39,6 +45,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -364,7 +371,36 @@ def main() -> None:
         finally:
             pantries.stop()
 
-    def record(engine: str, c: int, db_rate: float, p_rate: float, timed: dict[str, Any]) -> None:
+    def both_at_once(
+        cluster: Any, c: int, request: dict[str, Any]
+    ) -> tuple[float, float]:
+        """pgbench and the attach client side by side: (database, pantry) rates."""
+        dbname = f"limit_both_c{c}"
+        sources = prepare_database_bound(cluster, dbname)
+        out: dict[str, float] = {}
+        t = threading.Thread(
+            target=lambda: out.__setitem__(
+                "db", database_bound(cluster, dbname, sources, c, secs, workdir)
+            )
+        )
+        pantries.start(f"both-c{c}")
+        try:
+            t.start()
+            p = pantry_bound(pantries.addresses, request, c, secs)
+            t.join()
+        finally:
+            pantries.stop()
+        cluster.admin(f"DROP DATABASE {dbname}")
+        return out["db"], p
+
+    def record(
+        engine: str,
+        c: int,
+        db_rate: float,
+        p_rate: float,
+        timed: dict[str, Any],
+        both: tuple[float, float] | None = None,
+    ) -> None:
         bound = min(db_rate, p_rate)
         entry = {
             "engine": engine,
@@ -375,6 +411,13 @@ def main() -> None:
             "udx": timed,
             "ratio": timed["exports_per_s"] / bound,
         }
+        if both is not None:
+            entry["both_at_once"] = {
+                "database_exports_per_s": both[0],
+                "pantry_exports_per_s": both[1],
+                "bound_exports_per_s": min(both),
+                "ratio": timed["exports_per_s"] / min(both),
+            }
         results.append(entry)
         print(
             f"{engine} concurrency {c}: database {db_rate:.0f}/s, pantry {p_rate:.0f}/s, "
@@ -397,12 +440,13 @@ def main() -> None:
                     db_tps = database_bound(cluster, dbname, sources, c, secs, workdir)
                     cluster.admin(f"DROP DATABASE {dbname}")
                     p_rate = pantry_rate(c, request)
+                    both = both_at_once(cluster, c, request)
                     pantries.start(f"udx-c{c}")
                     try:
                         timed = one_pass(cluster, f"pass_c{c}", c, profile=False)
                     finally:
                         pantries.stop()
-                    record("postgresql", c, db_tps, p_rate, timed)
+                    record("postgresql", c, db_tps, p_rate, timed, both)
             finally:
                 cluster.stop()
         if "sqlite" in engines:
@@ -422,7 +466,10 @@ def main() -> None:
         pantries.stop()
     print_table(
         "udx's first pass against the machine's bound (3 simulated pantries)",
-        ["engine", "concurrency", "db bound/s", "pantry bound/s", "bound/s", "udx/s", "ratio"],
+        [
+            "engine", "concurrency", "db bound/s", "pantry bound/s", "bound/s", "udx/s", "ratio",
+            "both at once/s", "ratio to it",
+        ],
         [
             [
                 e["engine"],
@@ -432,6 +479,8 @@ def main() -> None:
                 e["bound_exports_per_s"],
                 e["udx"]["exports_per_s"],
                 e["ratio"],
+                e["both_at_once"]["bound_exports_per_s"] if "both_at_once" in e else "-",
+                e["both_at_once"]["ratio"] if "both_at_once" in e else "-",
             ]
             for e in results
         ],

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Connection, and_, bindparam, or_, select, text
 
+from udx.db.direct import DirectStatement
 from udx.db.schema import export_saga_lock, saga, user_data_export
 from udx.db.types import utcnow
 
@@ -20,7 +21,7 @@ t = export_saga_lock
 
 # Text, so its compiled form is cached (it runs once per saga); ON CONFLICT DO
 # NOTHING is valid on PostgreSQL, CockroachDB and SQLite.
-_RECORD = text(
+_RECORD = DirectStatement(text(
     "INSERT INTO export_saga_lock (lock_id, saga_id, export_id, time_created) "
     "VALUES (:lock_id, :saga_id, :export_id, :now) ON CONFLICT DO NOTHING"
 ).bindparams(
@@ -28,14 +29,14 @@ _RECORD = text(
     bindparam("saga_id", type_=t.c.saga_id.type),
     bindparam("export_id", type_=t.c.export_id.type),
     bindparam("now", type_=t.c.time_created.type),
-)
+), returns_rows=False)
 
 
 def record(conn: Connection, lock_id: uuid.UUID, saga_id: uuid.UUID, export_id: uuid.UUID) -> None:
     """Remember that `saga_id` holds (or will hold) `export_id` with `lock_id`.
     Idempotent: a lock id already recorded is left as it is."""
-    conn.execute(
-        _RECORD, {"lock_id": lock_id, "saga_id": saga_id, "export_id": export_id, "now": utcnow()}
+    _RECORD.execute(
+        conn, {"lock_id": lock_id, "saga_id": saga_id, "export_id": export_id, "now": utcnow()}
     )
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from udx.datastore.resources import resource_table
+from udx.db.direct import DirectStatement
 from udx.db.schema import image, snapshot, user_data_export
 from udx.db.types import utcnow
 from udx.domain.address import PantryAddress, format_address
@@ -89,11 +90,11 @@ def rows_to_exports(rows: Iterable[Any]) -> list[UserDataExport]:
 # --- lookups -------------------------------------------------------------------------
 
 
-_GET = select(t).where(t.c.id == bindparam("b_id"))
+_GET = DirectStatement(select(t).where(t.c.id == bindparam("b_id")))
 
 
 def get(conn: Connection, export_id: uuid.UUID) -> UserDataExport | None:
-    row = conn.execute(_GET, {"b_id": export_id}).first()
+    row = _GET.execute(conn, {"b_id": export_id}).first()
     return row_to_export(row) if row else None
 
 
@@ -407,7 +408,7 @@ _UNLOCKED_BELOW = (t.c.operating_saga_id.is_(None), t.c.generation < bindparam("
 
 def _update(*where: ColumnElement[bool], **values: Any) -> Any:
     # Every transition stamps time_modified (b_now, given by _transition).
-    return (
+    return DirectStatement(
         update(t)
         .where(t.c.id == bindparam("b_id"), *where)
         .values(**values, time_modified=bindparam("b_now"))
@@ -478,7 +479,7 @@ def _transition(
     already_done: Any,
 ) -> UserDataExport:
     # RETURNING: the row as written, without a second round trip when it matched.
-    updated = conn.execute(stmt, {"b_id": export_id, "b_now": utcnow(), **params}).first()
+    updated = stmt.execute(conn, {"b_id": export_id, "b_now": utcnow(), **params}).first()
     if updated is not None:
         return row_to_export(updated)
     row = get(conn, export_id)

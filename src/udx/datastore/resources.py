@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
 
+from udx.db.direct import DirectStatement
 from udx.db.schema import image, snapshot
 from udx.db.types import utcnow
 from udx.domain.model import ResourceType
@@ -27,8 +28,10 @@ _GET = {
 
 
 _VOLUME_ID = {
-    kind: select(resource_table(kind).c.volume_id).where(
-        resource_table(kind).c.id == bindparam("b_id")
+    kind: DirectStatement(
+        select(resource_table(kind).c.volume_id).where(
+            resource_table(kind).c.id == bindparam("b_id")
+        )
     )
     for kind in ResourceType
 }
@@ -40,7 +43,7 @@ def get_resource(conn: Connection, kind: ResourceType, resource_id: uuid.UUID) -
 
 def volume_id_of(conn: Connection, kind: ResourceType, resource_id: uuid.UUID) -> uuid.UUID | None:
     """The volume of a snapshot or image, soft-deleted or not; None when no such row."""
-    value = conn.execute(_VOLUME_ID[kind], {"b_id": resource_id}).scalar()
+    value = _VOLUME_ID[kind].execute(conn, {"b_id": resource_id}).scalar()
     return None if value is None else uuid.UUID(str(value))
 
 

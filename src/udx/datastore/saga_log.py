@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from udx.db.direct import DirectStatement
 from udx.db.schema import SAGA_EVENT_TYPES, SAGA_STATES, saga, saga_node_event
 from udx.domain.errors import BadInput, Conflict, NotFound
 
@@ -230,7 +231,7 @@ def expired(conn: Connection, now: dt.datetime) -> list[SagaRecord]:
 # --- writes -----------------------------------------------------------------------------
 
 
-_INSERT_SAGA = saga.insert().values(
+_INSERT_SAGA = DirectStatement(saga.insert().values(
     id=bindparam("b_id"),
     creator=bindparam("b_sec"),
     time_created=bindparam("b_now"),
@@ -242,7 +243,7 @@ _INSERT_SAGA = saga.insert().values(
     adopt_generation=1,
     adopt_time=bindparam("b_now"),
     lease_expires=bindparam("b_lease"),
-)
+))
 
 
 def insert(
@@ -273,7 +274,7 @@ def insert(
         "b_lease": lease_expires,
     }
     try:
-        conn.execute(_INSERT_SAGA, params)
+        _INSERT_SAGA.execute(conn, params)
     except IntegrityError as err:  # the transaction is done for; the caller rolls it back
         orig = err.orig
         if getattr(orig, "sqlstate", None) == "23505" or "UNIQUE constraint" in str(orig):
@@ -299,7 +300,7 @@ def _claim_statement(n_states: int, *, move: bool) -> Any:
     values: dict[str, Any] = {"lease_expires": bindparam("b_lease")}
     if move:
         values.update(saga_state=bindparam("b_state"), outcome=bindparam("b_outcome"))
-    return update(saga).where(*owned_by).values(**values)
+    return DirectStatement(update(saga).where(*owned_by).values(**values))
 
 
 def claim(
@@ -333,7 +334,7 @@ def claim(
         if new_state not in SAGA_STATES:
             raise ValueError(f"unknown saga state {new_state!r}")
         params.update(b_state=new_state, b_outcome=outcome)
-    res = conn.execute(_claim_statement(len(wanted), move=new_state is not None), params)
+    res = _claim_statement(len(wanted), move=new_state is not None).execute(conn, params)
     return res.rowcount == 1
 
 
@@ -384,10 +385,13 @@ def _event_insert(n: int) -> Any:
                 bindparam(f"data{i}", type_=c.data.type),
                 bindparam(f"time{i}", type_=c.event_time.type),
             ]
-        stmt = text(
-            f"INSERT INTO saga_node_event ({_EVENT_COLUMNS}) VALUES {rows} "
-            "ON CONFLICT DO NOTHING RETURNING node_id, event_type"
-        ).bindparams(*binds)
+        stmt = DirectStatement(
+            text(
+                f"INSERT INTO saga_node_event ({_EVENT_COLUMNS}) VALUES {rows} "
+                "ON CONFLICT DO NOTHING RETURNING node_id, event_type"
+            ).bindparams(*binds),
+            returns_rows=True,
+        )
         _EVENT_INSERTS[n] = stmt
     return stmt
 
@@ -417,7 +421,7 @@ def append_events(
             {f"node{i}": node_id, f"type{i}": event_type, f"data{i}": data, f"time{i}": when}
         )
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT.
-    written = {(r[0], r[1]) for r in conn.execute(_event_insert(len(events)), params)}
+    written = {(r[0], r[1]) for r in _event_insert(len(events)).execute(conn, params)}
     for node_id, event_type, data, _when in events:
         if (node_id, event_type) in written:
             continue

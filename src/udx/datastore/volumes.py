@@ -41,6 +41,7 @@ from sqlalchemy import (
     update,
 )
 
+from udx.db.direct import DirectStatement
 from udx.db.schema import crucible_dataset, region, region_snapshot, volume, volume_resource_usage
 from udx.db.types import GUID, UTCDateTime, utcnow
 from udx.domain.address import PantryAddress
@@ -257,7 +258,7 @@ def _resolve_statement(n_addrs: int, n_ip_ports: int, *, include_deleting: bool)
         .select_from(region.join(crucible_dataset, crucible_dataset.c.id == region.c.dataset_id))
         .where(*region_where)
     )
-    return union_all(snapshots, regions)
+    return DirectStatement(union_all(snapshots, regions))
 
 
 # Values per IN list of one statement; with the (ip, port) pairs, 3 x 4096
@@ -302,7 +303,7 @@ def _resolve_rows(
         stmt = _resolve_statement(
             _bucket(len(a)), _bucket(len(ip)), include_deleting=include_deleting
         )
-        for row in conn.execute(stmt, _resolve_params(a, ip)):
+        for row in stmt.execute(conn, _resolve_params(a, ip)):
             resource = ReadOnlyResource.from_row(row)
             if resource.is_region_snapshot:
                 names = by_addr.get(row.addr, set())
@@ -468,10 +469,12 @@ class VolumeRow:
 # Built once (building a Core statement per call cost more CPU than running it).
 _COLUMNS = (volume.c.id, volume.c.data, volume.c.time_deleted, volume.c.resources_to_clean_up)
 _GET = select(*_COLUMNS).where(volume.c.id == bindparam("b_id"))
-_GET_TWO = select(*_COLUMNS).where(
-    volume.c.id.in_([bindparam(n, type_=volume.c.id.type) for n in ("b_id1", "b_id2")])
+_GET_TWO = DirectStatement(
+    select(*_COLUMNS).where(
+        volume.c.id.in_([bindparam(n, type_=volume.c.id.type) for n in ("b_id1", "b_id2")])
+    )
 )
-_INSERT = volume.insert().values(
+_INSERT = DirectStatement(volume.insert().values(
     id=bindparam("b_id"),
     time_created=bindparam("b_now"),
     time_modified=bindparam("b_now"),
@@ -479,7 +482,7 @@ _INSERT = volume.insert().values(
     rcgen=1,
     data=bindparam("b_data"),
     resources_to_clean_up=None,
-)
+))
 _USAGE_COLUMNS = (
     usage.c.usage_type,
     usage.c.region_id,
@@ -500,8 +503,11 @@ _USAGE_CHUNK = 500  # x 7 columns, far below SQLite's 32766 variables
 def _insert_usage(n: int) -> Any:
     names = ("usage_id", "volume_id", *(c.name for c in _USAGE_COLUMNS))
     rows = ", ".join("(" + ", ".join(f":b_{c}_{i}" for c in names) + ")" for i in range(n))
-    return text(f"INSERT INTO {usage.name} ({', '.join(names)}) VALUES {rows}").bindparams(
-        *(bindparam(f"b_{c}_{i}", type_=usage.c[c].type) for i in range(n) for c in names)
+    return DirectStatement(
+        text(f"INSERT INTO {usage.name} ({', '.join(names)}) VALUES {rows}").bindparams(
+            *(bindparam(f"b_{c}_{i}", type_=usage.c[c].type) for i in range(n) for c in names)
+        ),
+        returns_rows=False,
     )
 
 
@@ -510,7 +516,7 @@ def insert_usage_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     for i in range(0, len(rows), _USAGE_CHUNK):
         chunk = rows[i : i + _USAGE_CHUNK]
         params = {f"b_{c}_{j}": v for j, row in enumerate(chunk) for c, v in row.items()}
-        conn.execute(_insert_usage(len(chunk)), params)
+        _insert_usage(len(chunk)).execute(conn, params)
 
 
 _SOFT_DELETE = (
@@ -547,7 +553,7 @@ def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID
     # Both rows in one read: the copy (if a previous run made it) and the source.
     rows = {
         r[0]: VolumeRow(*r)
-        for r in conn.execute(_GET_TWO, {"b_id1": new_volume_id, "b_id2": source_id})
+        for r in _GET_TWO.execute(conn, {"b_id1": new_volume_id, "b_id2": source_id})
     }
     existing = rows.get(new_volume_id)
     if existing is not None:
@@ -561,7 +567,7 @@ def copy_volume(conn: Connection, source_id: uuid.UUID, new_volume_id: uuid.UUID
     # Resolved before anything is written; errors name the source volume,
     # whose data is what an operator would have to look at.
     resources = resolve_volume(conn, source_id, copy)
-    conn.execute(_INSERT, {"b_id": new_volume_id, "b_now": utcnow(), "b_data": json.dumps(copy)})
+    _INSERT.execute(conn, {"b_id": new_volume_id, "b_now": utcnow(), "b_data": json.dumps(copy)})
     rows_to_add = usage_rows(new_volume_id, resources.values())
     insert_usage_rows(conn, rows_to_add)
     return copy
