@@ -186,3 +186,54 @@ def test_a_text_statement_told_it_returns_rows_gives_them(db: Database) -> None:
     with db.connect() as conn:
         assert [tuple(r) for r in told.execute(conn, {"b_id": sid})] == [("export-create",)]
         assert told_not.execute(conn, {"b_id": sid}).rows == []
+
+
+def test_bad_values_fail_as_connection_execute_fails(db: Database) -> None:
+    # Going in, a value the type refuses (a naive time) is a StatementError;
+    # nothing is sent and the transaction stays usable.
+    with db.begin() as conn:
+        with count_statements(db.engine) as log, pytest.raises(exc.StatementError, match="naive"):
+            naive = dt.datetime(2026, 1, 1)  # no tzinfo: the point of the test
+            _INSERT.execute(conn, {"b_id": uuid.uuid4(), "b_sec": uuid.uuid4(), "b_now": naive})
+        assert log.count == 0
+        sid, sec, now = uuid.uuid4(), uuid.uuid4(), utcnow()
+        _INSERT.execute(conn, {"b_id": sid, "b_sec": sec, "b_now": now})
+    with db.connect() as conn:
+        assert _GET.execute(conn, {"b_id": sid}).first() is not None
+
+
+def test_a_garbage_row_is_a_plain_value_error_and_the_connection_stays_usable(
+    tmp_path: object,
+) -> None:
+    # Only SQLite lets a hand edit put a non-UUID into a uuid column.
+    from udx.db.engine import open_database
+    from udx.db.migrate import upgrade
+
+    db = open_database(f"sqlite:///{tmp_path}/garbage.db")
+    try:
+        upgrade(db)
+        sid, _, _ = _insert(db)
+        with db.begin() as conn:
+            conn.exec_driver_sql("UPDATE saga SET current_sec = 'not-a-uuid'")
+        with db.connect() as conn:
+            with pytest.raises(ValueError, match="hexadecimal UUID"):
+                _RENAME.execute(conn, {"b_id": sid, "b_name": "x"})
+            assert _GET.execute(conn, {"b_id": sid}).first() is not None
+    finally:
+        db.dispose()
+
+
+def test_callable_and_literal_execute_parameters_are_refused(db: Database) -> None:
+    from sqlalchemy import literal
+
+    computed = DirectStatement(
+        select(saga.c.id).where(saga.c.name == bindparam("b_n", callable_=lambda: "x"))
+    )
+    literal_exec = DirectStatement(
+        select(saga.c.id).where(saga.c.name == literal("x", literal_execute=True))
+    )
+    with db.connect() as conn:
+        with pytest.raises(TypeError, match="callable"):
+            computed.execute(conn, {})
+        with pytest.raises(TypeError, match="expanding"):
+            literal_exec.execute(conn, {})

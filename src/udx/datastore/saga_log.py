@@ -326,14 +326,14 @@ def claim(
         "b_gen": generation,
         "b_lease": lease_expires,
     }
-    wanted = tuple(states)
-    if not wanted:
-        return False
-    params.update((f"b_s{i}", state) for i, state in enumerate(wanted))
     if new_state is not None:
         if new_state not in SAGA_STATES:
             raise ValueError(f"unknown saga state {new_state!r}")
         params.update(b_state=new_state, b_outcome=outcome)
+    wanted = tuple(states)
+    if not wanted:
+        return False
+    params.update((f"b_s{i}", state) for i, state in enumerate(wanted))
     res = _claim_statement(len(wanted), move=new_state is not None).execute(conn, params)
     return res.rowcount == 1
 

@@ -13,9 +13,12 @@ engine's before_execute and before/after_cursor_execute events fired
 and a driver error goes through SQLAlchemy's handling, so callers see the same
 `sqlalchemy.exc` errors and a lost connection is invalidated as usual.
 
-What it leaves out: Python-side column defaults (a statement that needs them
-is refused when compiled; give every value), expanding parameters, and
-executemany. Everything else in udx uses `Connection.execute`.
+What it leaves out, refusing a statement that needs it when compiled:
+Python-side column defaults (give every value), expanding and literal-execute
+parameters, and bind parameters with callable values; also executemany,
+after_execute events and SQLAlchemy's SQL logging. A bad value going in is a
+`StatementError` and a bad one coming out a plain `ValueError`, as with
+`Connection.execute`. Everything else in udx uses `Connection.execute`.
 
 It leans on three SQLAlchemy 2.0 internals, `Connection._has_events`,
 `Engine._has_events` and `Connection._handle_dbapi_exception` (pinned by the
@@ -30,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, exc
 from sqlalchemy.engine import Dialect
 
 
@@ -69,9 +72,16 @@ def _compile(stmt: Any, dialect: Dialect) -> _Compiled:
         raise TypeError(
             "a direct statement must give every column's value (it has Python-side defaults)"
         )
-    if compiled.escaped_bind_names or getattr(compiled, "post_compile_params", None):
+    if (
+        compiled.escaped_bind_names
+        or getattr(compiled, "post_compile_params", None)
+        or getattr(compiled, "literal_execute_params", None)
+    ):
         raise TypeError("a direct statement takes plain bind parameters, not expanding ones")
     binds = compiled.binds  # name -> BindParameter
+    if any(bp.callable is not None for bp in binds.values()):
+        # Its value would be computed once, here, and sent on every call.
+        raise TypeError("a direct statement takes no bind parameter with a callable value")
     required = frozenset(name for name, bp in binds.items() if bp.required)
     for name in required:
         if binds[name].key != name:
@@ -145,18 +155,19 @@ class DirectStatement:
         statements know); left None, the cursor is asked on every call."""
         self.stmt = stmt
         self._returns_rows = returns_rows
-        self._by_dialect: dict[str, _Compiled] = {}
+        self._by_dialect: dict[tuple[str, str, str], _Compiled] = {}
 
     def __str__(self) -> str:
         return str(self.stmt)
 
     def _compiled(self, dialect: Dialect) -> _Compiled:
-        c = self._by_dialect.get(dialect.name)
+        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        c = self._by_dialect.get(key)
         if c is None:
             c = _compile(self.stmt, dialect)
             if c.returns_rows is None and self._returns_rows is not None:
                 c = dataclasses.replace(c, returns_rows=self._returns_rows)
-            self._by_dialect[dialect.name] = c
+            self._by_dialect[key] = c
         return c
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> DirectResult:
@@ -167,13 +178,17 @@ class DirectStatement:
             missing = ", ".join(sorted(c.required - params.keys()))
             raise TypeError(f"missing bind parameters: {missing}")
         values = {**c.defaults, **params}
-        for name, proc in c.bind_procs:
-            values[name] = proc(values[name])
+        try:
+            for name, proc in c.bind_procs:
+                values[name] = proc(values[name])
+        except Exception as err:  # as Connection.execute reports a bad value
+            raise exc.StatementError(str(err), c.sql, dict(params), err) from err
         args: Any = values if c.positional is None else tuple(values[n] for n in c.positional)
         sql = c.sql
         events = conn._has_events or conn.engine._has_events
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor = None
         try:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             if events:
                 # As Connection.execute: before_execute sees the Core statement
                 # (the CockroachDB test compiles every one), before_cursor_execute
@@ -184,24 +199,31 @@ class DirectStatement:
             cursor.execute(sql, args)
             if events:
                 conn.dispatch.after_cursor_execute(conn, cursor, sql, args, None, False)
-            rows: list[Any] = []
             returns = c.returns_rows
             if returns is None:
                 returns = cursor.description is not None
-            if returns:
-                raw = cursor.fetchall()
-                if c.row is not None and c.result_procs is not None:
-                    procs = c.result_procs
-                    make = c.row._make  # type: ignore[attr-defined]
-                    rows = [
-                        make([v if p is None else p(v) for p, v in zip(procs, r, strict=True)])
-                        for r in raw
-                    ]
-                else:
-                    rows = [tuple(r) for r in raw]
-            result = DirectResult(rows, cursor.rowcount)
+            raw = cursor.fetchall() if returns else []
+            rowcount = cursor.rowcount
         except BaseException as err:
-            conn._handle_dbapi_exception(err, sql, args, cursor, None)  # raises
+            if isinstance(err, conn.dialect.loaded_dbapi.Error) or not isinstance(err, Exception):
+                # Driver errors and exits: SQLAlchemy wraps them, closes the
+                # cursor and invalidates a lost connection. It raises.
+                conn._handle_dbapi_exception(err, sql, args, cursor, None)
+            if cursor is not None:
+                cursor.close()
             raise
         cursor.close()
+        # Converted after the cursor is done: a bad value in a row (a hand-edited
+        # UUID) is a plain ValueError, as Connection.execute raises it.
+        rows: list[Any]
+        if c.row is not None and c.result_procs is not None:
+            procs = c.result_procs
+            make = c.row._make  # type: ignore[attr-defined]
+            rows = [
+                make([v if p is None else p(v) for p, v in zip(procs, r, strict=True)])
+                for r in raw
+            ]
+        else:
+            rows = [tuple(r) for r in raw]
+        result = DirectResult(rows, rowcount)
         return result
