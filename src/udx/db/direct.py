@@ -21,13 +21,12 @@ after_execute events and SQLAlchemy's SQL logging. A bad value going in is a
 `Connection.execute`. Everything else in udx uses `Connection.execute`.
 
 It leans on three SQLAlchemy 2.0 internals, `Connection._has_events`,
-`Engine._has_events` and `Connection._handle_dbapi_exception` (pinned by the
-`sqlalchemy<2.2` requirement and by tests/test_direct.py).
+`Engine._has_events` and `Connection._handle_dbapi_exception`;
+tests/test_direct.py fails if a SQLAlchemy release changes them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ class _Compiled:
     returns_rows: bool | None
 
 
-def _compile(stmt: Any, dialect: Dialect) -> _Compiled:
+def _compile(stmt: Any, dialect: Dialect, returns_rows: bool | None) -> _Compiled:
     compiled = stmt.compile(dialect=dialect)
     if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
         raise TypeError(
@@ -94,7 +93,12 @@ def _compile(stmt: Any, dialect: Dialect) -> _Compiled:
         proc = bp.type.dialect_impl(dialect).bind_processor(dialect)
         if proc is not None:
             procs.append((name, proc))
-    columns = _result_columns(stmt)
+    # The columns a SELECT or a RETURNING gives; None for other statements and
+    # for text, whose columns are not known.
+    if getattr(stmt, "is_select", False):
+        columns: list[Any] | None = list(stmt.selected_columns)
+    else:
+        columns = list(compiled.effective_returning or ()) or None
     result_procs: tuple[Callable[[Any], Any] | None, ...] | None = None
     row = None
     if columns is not None:
@@ -110,22 +114,10 @@ def _compile(stmt: Any, dialect: Dialect) -> _Compiled:
         bind_procs=tuple(procs),
         result_procs=result_procs,
         row=row,
-        returns_rows=None
+        returns_rows=returns_rows
         if getattr(compiled, "isplaintext", False)
-        else bool(getattr(stmt, "is_select", False) or compiled.effective_returning),
+        else columns is not None,
     )
-
-
-def _result_columns(stmt: Any) -> list[Any] | None:
-    """The columns a statement returns (a SELECT's, or an INSERT/UPDATE's
-    RETURNING), or None when it returns none or they are not known (text)."""
-    if getattr(stmt, "is_select", False) or hasattr(stmt, "selected_columns"):
-        cols = getattr(stmt, "selected_columns", None)
-        if cols is not None:
-            return list(cols)
-    if getattr(stmt, "_returning", ()):
-        return list(stmt.exported_columns)
-    return None
 
 
 class DirectResult:
@@ -164,10 +156,7 @@ class DirectStatement:
         key = (dialect.name, dialect.driver, dialect.paramstyle)
         c = self._by_dialect.get(key)
         if c is None:
-            c = _compile(self.stmt, dialect)
-            if c.returns_rows is None and self._returns_rows is not None:
-                c = dataclasses.replace(c, returns_rows=self._returns_rows)
-            self._by_dialect[key] = c
+            c = self._by_dialect[key] = _compile(self.stmt, dialect, self._returns_rows)
         return c
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> DirectResult:
@@ -225,5 +214,4 @@ class DirectStatement:
             ]
         else:
             rows = [tuple(r) for r in raw]
-        result = DirectResult(rows, rowcount)
-        return result
+        return DirectResult(rows, rowcount)
