@@ -20,7 +20,9 @@ processes (as bench/pass_throughput.py sets them up):
   --secs. The simulators are restarted for each run.
 - udx: one `coordinator.run_pass()` taking --resources new resources to Live
   (bench/pass_throughput.py's `one_pass`, not profiled; on SQLite the same on a
-  copy of a seeded file).
+  copy of a seeded file), twice: as `udx pass` runs by default (a pass of 200
+  sagas or more splits them among worker processes, one per core) and in one
+  process (`--processes 1`).
 
 The bound is the smaller of the two; udx's ratio is its rate over that bound.
 Each of the two has both cores to itself, while an export needs the database
@@ -295,7 +297,9 @@ def _targets(data: str) -> list[str]:
     return list(read_only_targets(json.loads(data)))
 
 
-def sqlite_pass(template: Path, concurrency: int, workdir: Path) -> dict[str, Any]:
+def sqlite_pass(
+    template: Path, concurrency: int, workdir: Path, processes: int | None
+) -> dict[str, Any]:
     """One coordinator pass on a copy of the template: the same fields as one_pass."""
     from sqlalchemy import func, select
 
@@ -304,10 +308,10 @@ def sqlite_pass(template: Path, concurrency: int, workdir: Path) -> dict[str, An
     from udx.db.schema import user_data_export
     from udx.runtime import build_runtime
 
-    path = workdir / f"pass-c{concurrency}.db"
+    path = workdir / f"pass-c{concurrency}-p{processes}.db"
     shutil.copyfile(template, path)
     db = open_database(f"sqlite:///{path}")
-    rt = build_runtime(db, Settings(), concurrency=concurrency)
+    rt = build_runtime(db, Settings(), concurrency=concurrency, processes=processes)
     try:
         t0 = time.perf_counter()
         status = rt.coordinator.run_pass()
@@ -399,6 +403,7 @@ def main() -> None:
         db_rate: float,
         p_rate: float,
         timed: dict[str, Any],
+        one_process: dict[str, Any],
         both: tuple[float, float] | None = None,
     ) -> None:
         bound = min(db_rate, p_rate)
@@ -410,6 +415,8 @@ def main() -> None:
             "bound_exports_per_s": bound,
             "udx": timed,
             "ratio": timed["exports_per_s"] / bound,
+            "udx_one_process": one_process,
+            "ratio_one_process": one_process["exports_per_s"] / bound,
         }
         if both is not None:
             entry["both_at_once"] = {
@@ -422,7 +429,9 @@ def main() -> None:
         print(
             f"{engine} concurrency {c}: database {db_rate:.0f}/s, pantry {p_rate:.0f}/s, "
             f"udx {timed['exports_per_s']:.1f}/s ({timed['live']}/{n} live, "
-            f"{timed['error_count']} errors): ratio {entry['ratio']:.2f}",
+            f"{timed['error_count']} errors): ratio {entry['ratio']:.2f}; in one process "
+            f"{one_process['exports_per_s']:.1f}/s ({one_process['live']}/{n} live): "
+            f"ratio {entry['ratio_one_process']:.2f}",
             flush=True,
         )
 
@@ -441,12 +450,17 @@ def main() -> None:
                     cluster.admin(f"DROP DATABASE {dbname}")
                     p_rate = pantry_rate(c, request)
                     both = both_at_once(cluster, c, request)
-                    pantries.start(f"udx-c{c}")
-                    try:
-                        timed = one_pass(cluster, f"pass_c{c}", c, profile=False)
-                    finally:
-                        pantries.stop()
-                    record("postgresql", c, db_tps, p_rate, timed, both)
+                    runs = {}
+                    for processes in (None, 1):  # the default (worker processes), then one
+                        pantries.start(f"udx-c{c}-p{processes}")
+                        try:
+                            runs[processes] = one_pass(
+                                cluster, f"pass_c{c}_p{processes or 0}", c,
+                                profile=False, processes=processes,
+                            )
+                        finally:
+                            pantries.stop()
+                    record("postgresql", c, db_tps, p_rate, runs[None], runs[1], both)
             finally:
                 cluster.stop()
         if "sqlite" in engines:
@@ -456,19 +470,21 @@ def main() -> None:
             for c in levels:
                 db_rate = sqlite_database_bound(template, c, secs, workdir)
                 p_rate = pantry_rate(c, request)
-                pantries.start(f"udx-sqlite-c{c}")
-                try:
-                    timed = sqlite_pass(template, c, workdir)
-                finally:
-                    pantries.stop()
-                record("sqlite", c, db_rate, p_rate, timed)
+                runs = {}
+                for processes in (None, 1):
+                    pantries.start(f"udx-sqlite-c{c}-p{processes}")
+                    try:
+                        runs[processes] = sqlite_pass(template, c, workdir, processes)
+                    finally:
+                        pantries.stop()
+                record("sqlite", c, db_rate, p_rate, runs[None], runs[1])
     finally:
         pantries.stop()
     print_table(
         "udx's first pass against the machine's bound (3 simulated pantries)",
         [
             "engine", "concurrency", "db bound/s", "pantry bound/s", "bound/s", "udx/s", "ratio",
-            "both at once/s", "ratio to it",
+            "one process/s", "ratio", "both at once/s", "ratio to it",
         ],
         [
             [
@@ -479,6 +495,8 @@ def main() -> None:
                 e["bound_exports_per_s"],
                 e["udx"]["exports_per_s"],
                 e["ratio"],
+                e["udx_one_process"]["exports_per_s"],
+                e["ratio_one_process"],
                 e["both_at_once"]["bound_exports_per_s"] if "both_at_once" in e else "-",
                 e["both_at_once"]["ratio"] if "both_at_once" in e else "-",
             ]

@@ -140,7 +140,12 @@ class _RetryCounter(logging.Handler):
             sys.stderr.write(f"{record.name}: {msg}\n")
 
 
-def one_pass(cluster: Any, dbname: str, concurrency: int, *, profile: bool) -> dict[str, Any]:
+def one_pass(
+    cluster: Any, dbname: str, concurrency: int, *, profile: bool, processes: int | None = 1
+) -> dict[str, Any]:
+    """One pass to Live. `processes` as `udx pass --processes` (None: the
+    default, one per core for a large pass); statement counts see this process's
+    statements only, so the hot-path figures come from processes=1."""
     from sqlalchemy import func, select
 
     from udx.config import Settings
@@ -151,7 +156,7 @@ def one_pass(cluster: Any, dbname: str, concurrency: int, *, profile: bool) -> d
 
     cluster.admin(f"CREATE DATABASE {dbname} TEMPLATE pass_template")
     db = open_database(cluster.url(dbname))
-    rt = build_runtime(db, Settings(), concurrency=concurrency)
+    rt = build_runtime(db, Settings(), concurrency=concurrency, processes=processes)
     sampler = Sampler() if profile else None
     counter = _RetryCounter()
     udx_log = logging.getLogger("udx")

@@ -100,7 +100,7 @@ _udx_table() {
         "pantry expunge") words="--yes -y -h --help"; value_opts="" ;;
         "pantry list") words="--no-check --json --no-headers -h --help"; value_opts="" ;;
         "pantry-sim") words="--listen --latency --quiet -q -h --help"; value_opts="--listen --latency" ;;
-        "pass") words="history --dry-run --concurrency --deadline --max-sagas --prune-older-than --json --progress-every --metrics-file -h --help"; value_opts="--concurrency --deadline --max-sagas --prune-older-than --progress-every --metrics-file" ;;
+        "pass") words="history --dry-run --concurrency --processes --deadline --max-sagas --prune-older-than --json --progress-every --metrics-file -h --help"; value_opts="--concurrency --processes --deadline --max-sagas --prune-older-than --progress-every --metrics-file" ;;
         "pass history") words="--limit --all --json --no-headers -h --help"; value_opts="--limit" ;;
         "saga") words="abandon list prune recover resume retry-undo show -h --help"; value_opts="" ;;
         "saga abandon") words="--reason --comment --force --yes -y -h --help"; value_opts="--reason --comment" ;;

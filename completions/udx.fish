@@ -121,6 +121,7 @@ complete -c udx -n '__fish_seen_subcommand_from pantry-sim' -s h -l help -d 'Sho
 complete -c udx -n '__fish_seen_subcommand_from pass' -a history -d 'Show past passes, newest first (50 unless --limit or --all): when, where, how lo'
 complete -c udx -n '__fish_seen_subcommand_from pass' -l dry-run -d 'Show what the pass would do; write nothing, start no saga.'
 complete -c udx -n '__fish_seen_subcommand_from pass' -l concurrency -r -d 'Sagas at once (default: config, 8).'
+complete -c udx -n '__fish_seen_subcommand_from pass' -l processes -r -d 'Worker processes the sagas are split among (0: one per core, at most 4, on Postg'
 complete -c udx -n '__fish_seen_subcommand_from pass' -l deadline -r -d 'Start no saga after SECS from the pass start; those running finish, the rest is '
 complete -c udx -n '__fish_seen_subcommand_from pass' -l max-sagas -r -d 'Start at most N sagas; the rest is deferred to the next pass (default: config, n'
 complete -c udx -n '__fish_seen_subcommand_from pass' -l prune-older-than -r -d 'After the pass, remove done sagas and Deleted records older than DURATION (30d),'

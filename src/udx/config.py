@@ -71,6 +71,13 @@ class DatabaseSettings:
 @dataclass
 class CoordinatorSettings:
     concurrency: int = number(8, 1, 256, "sagas", "Sagas at once in a pass; --concurrency wins")
+    # One process drives ~150-200 sagas/s before its GIL is the limit (README,
+    # "Performance"); a large pass splits its sagas among worker processes.
+    processes: int = number(
+        0, 0, 64, "processes",
+        "Worker processes for a pass's sagas (0: one per core, at most 4, on "
+        "PostgreSQL; 1: none); a pass under 200 sagas runs in one; --processes wins",
+    )
     # The orphan sweep detaches an attachment nothing accounts for once it has
     # been seen orphaned this long (passes remember it in orphan_attachment).
     orphan_grace_secs: float = number(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from udx.db.engine import Database
     from udx.pantry.health import PassPantries
     from udx.pantry.inventory import Inventory
+    from udx.pass_workers import WorkerSpec
     from udx.saga import SagaExecutor, SagaResult
     from udx.sagas.deps import ExportSagaDeps
 
@@ -186,6 +187,7 @@ class Coordinator:
         orphan_grace_secs: float = 600.0,
         pantry_transport: Any = None,
         slow_status_secs: float = 2.0,
+        workers: WorkerSpec | None = None,
     ) -> None:
         self.db = db
         self.inventory = inventory
@@ -195,6 +197,9 @@ class Coordinator:
         self.orphan_grace_secs = orphan_grace_secs
         self.pantry_transport = pantry_transport
         self.slow_status_secs = slow_status_secs
+        # None: every saga runs in this process (tests' transports and inventories
+        # live here only); otherwise a large pass uses worker processes.
+        self.workers = workers
 
     @property
     def _deps(self) -> ExportSagaDeps:
@@ -524,7 +529,7 @@ class Coordinator:
             self._deps.begin_pass(pantries)
         try:
             outcomes, deferred, status.interrupted = self._run_sagas(
-                jobs, notify, budget, deadline
+                jobs, notify, budget, deadline, pantries
             )
         finally:
             if pantries is not None:
@@ -636,31 +641,68 @@ class Coordinator:
         )
 
     def _run_sagas(
-        self, jobs: list[_Job], notify: ProgressFn, budget: int, deadline: float | None
+        self,
+        jobs: list[_Job],
+        notify: ProgressFn,
+        budget: int,
+        deadline: float | None,
+        pantries: PassPantries | None,
     ) -> tuple[list[SagaInvocation | None], int, bool]:
-        """Run `jobs` in order, at most the executor's max_workers at once, starting
-        no more than `budget` and none once `deadline` (monotonic) has passed; those
-        in flight finish. Returns each job's compact outcome (None: not started; a
-        saga's node outputs are dropped as soon as it ends), the count not started,
-        and whether Ctrl-C stopped it: then nothing more starts, the running sagas
-        finish (a second Ctrl-C stops at once; the next pass finishes them)."""
-        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-
+        """Run `jobs` in order, at most the executor's max_workers at once (in
+        this process's threads, or split among worker processes for a large
+        pass), starting no more than `budget` and none once `deadline`
+        (monotonic) has passed; those in flight finish. Returns each job's
+        compact outcome (None: not started; a saga's node outputs are dropped as
+        soon as it ends), the count not started, and whether Ctrl-C stopped it:
+        then nothing more starts, the running sagas finish (a second Ctrl-C
+        stops at once; the next pass finishes them)."""
         outcomes: list[SagaInvocation | None] = [None] * len(jobs)
         if not jobs:
             return outcomes, 0, False
+
+        def record(index: int, inv: SagaInvocation) -> None:
+            outcomes[index] = inv
+            try:
+                notify("advance", 1)
+                notify(f"done:{jobs[index].saga}", 1)
+            except Exception as err:  # a progress display must not lose a result
+                log.warning("pass progress callback failed: %s", err)
+
+        processes = self.workers.processes_for(budget) if self.workers is not None else 1
+        if self.workers is not None and processes > 1:
+            from udx.pass_workers import run_jobs
+
+            started, interrupted = run_jobs(
+                self.workers,
+                processes,
+                jobs,
+                budget=budget,
+                deadline=deadline,
+                pantries=pantries,
+                finished=lambda index, res: record(index, _invocation(jobs[index], res)),
+            )
+        else:
+            started, interrupted = self._run_in_threads(jobs, budget, deadline, record)
+        return outcomes, len(jobs) - started, interrupted
+
+    def _run_in_threads(
+        self,
+        jobs: list[_Job],
+        budget: int,
+        deadline: float | None,
+        record: Callable[[int, SagaInvocation], None],
+    ) -> tuple[int, bool]:
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+        from udx.pass_workers import run_job
+
         workers = min(self.executor.max_workers, len(jobs))
         started = 0
         interrupted = False
 
         def one(index: int) -> None:
-            job = jobs[index]
-            outcomes[index] = _invocation(job, self._run_one(job))
-            try:
-                notify("advance", 1)
-                notify(f"done:{job.saga}", 1)
-            except Exception as err:  # a progress display must not lose a result
-                log.warning("pass progress callback failed: %s", err)
+            # The result (with every node's output) is dropped before `record`.
+            record(index, _invocation(jobs[index], run_job(self.executor, jobs[index])))
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saga") as pool:
             in_flight: set[Future[None]] = set()
@@ -683,22 +725,7 @@ class Coordinator:
                     plural(running, "running saga"),
                 )
             wait(in_flight)
-        return outcomes, len(jobs) - started, interrupted
-
-    def _run_one(self, job: _Job) -> SagaResult:
-        """One saga; a saga that cannot even be logged is "interrupted" with the
-        error, never an exception (as SagaExecutor.run_many does)."""
-        from udx.saga import SagaResult
-        from udx.saga.executor import one_line
-
-        try:
-            return self.executor.run(job.saga, job.params())
-        except Exception as err:
-            why = one_line(err)
-            log.error("saga for export %s (%s) could not start: %s", job.export_id, job.saga, why)
-            return SagaResult(uuid.uuid4(), job.saga, "interrupted", error=why)
-
-    # --- dry run ----------------------------------------------------------------------------------
+        return started, interrupted
 
     def plan(self) -> DryRunReport:
         """What `run_pass` would do, writing nothing and starting no saga."""

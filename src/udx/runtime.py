@@ -33,10 +33,15 @@ def build_runtime(
     settings: Settings,
     *,
     concurrency: int | None = None,
+    processes: int | None = None,
     inventory: Inventory | None = None,
     transport: Any = None,
 ) -> Runtime:
+    """`processes`: saga worker processes a pass may use (default: the config's;
+    0: one per core). A given inventory or transport (tests) lives in this
+    process only, so with either the sagas run here."""
     from udx.coordinator import Coordinator
+    from udx.pass_workers import WorkerSpec
     from udx.saga import SagaExecutor
     from udx.sagas import definitions, make_deps
 
@@ -45,13 +50,19 @@ def build_runtime(
         deps.inventory = inventory
     deps.transport = transport
     inv = deps.inventory
+    threads = concurrency or settings.coordinator.concurrency
     executor = SagaExecutor(
         db,
         definitions(),
         deps=deps,
         lease_secs=settings.saga.lease_secs,
-        max_workers=concurrency or settings.coordinator.concurrency,
+        max_workers=threads,
     )
+    if processes is None:
+        processes = settings.coordinator.processes
+    workers = None
+    if inventory is None and transport is None:
+        workers = WorkerSpec.of(db, settings, processes, threads)
     coordinator = Coordinator(
         db,
         inv,
@@ -61,5 +72,6 @@ def build_runtime(
         orphan_grace_secs=settings.coordinator.orphan_grace_secs,
         pantry_transport=transport,
         slow_status_secs=settings.pantry.slow_status_secs,
+        workers=workers,
     )
     return Runtime(db, inv, executor, coordinator)

@@ -99,8 +99,15 @@ def udx_env(url: str, **settings: Any) -> dict[str, str]:
 
 
 def start_udx(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """udx in its own process group (its pid), so a test can kill it together
+    with its saga worker processes, as a crash of the machine would."""
     return subprocess.Popen(
-        [UDX, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [UDX, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 

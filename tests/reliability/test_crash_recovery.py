@@ -1,8 +1,11 @@
 """A pass SIGKILLed with many sagas in flight; the next pass, once the dead
-process's leases expire, recovers every saga and the fleet converges (issue 7)."""
+process's leases expire, recovers every saga and the fleet converges (issue 7).
+A pass of 200 sagas runs them in worker processes: the crash kills its whole
+process group; killing the parent alone lets the workers finish their sagas."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -36,7 +39,8 @@ def _counts(db) -> tuple[int, int, int]:
     return int(running), int(done), int(events)
 
 
-def test_sigkill_mid_pass_then_next_pass_recovers_everything(pg, pg_url, pantries):
+def _start_slow_pass(pg, pg_url, pantries):
+    """A pass of 200 sagas, 32 at once, on slow pantries, once it has many in flight."""
     register(pg, pantries.addresses)
     live = seed_resources(pg, snapshots=150, project_images=50)
     # Slow pantries keep sagas in the middle (status and attach calls take 0.15 s).
@@ -54,8 +58,25 @@ def test_sigkill_mid_pass_then_next_pass_recovers_everything(pg, pg_url, pantrie
         time.sleep(0.05)
     else:
         pytest.fail(f"never saw enough sagas in flight: {_counts(pg)}")
-    proc.send_signal(signal.SIGKILL)
+    return live, env, proc
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkill_mid_pass_then_next_pass_recovers_everything(pg, pg_url, pantries):
+    live, env, proc = _start_slow_pass(pg, pg_url, pantries)
+    os.killpg(proc.pid, signal.SIGKILL)  # udx and its saga worker processes
     killed = finish(proc)
+    assert _group_gone(proc.pid, 10)
     assert killed.code == -signal.SIGKILL
     running_at_kill, done_at_kill, _ = _counts(pg)
     print(f"killed with {running_at_kill} sagas in flight, {done_at_kill} done")
@@ -82,3 +103,27 @@ def test_sigkill_mid_pass_then_next_pass_recovers_everything(pg, pg_url, pantrie
     assert_converged(pg, pantries, live, [0, 1, 2])
     # Each recovered create saga went on to Live: no record is left for another pass.
     assert run_pass(env).outcomes() == {}
+
+
+def test_sigkill_of_the_parent_alone_lets_its_workers_finish_their_sagas(
+    pg, pg_url, pantries
+):
+    """The workers see their pipe close: they start nothing new, finish the sagas
+    they run (holding their leases) and exit. Nothing is left to recover; the
+    next pass starts the sagas that were never handed out."""
+    live, env, proc = _start_slow_pass(pg, pg_url, pantries)
+    proc.send_signal(signal.SIGKILL)  # the parent only
+    killed = finish(proc)
+    assert killed.code == -signal.SIGKILL
+    assert _group_gone(proc.pid, 30), "the saga workers did not exit after their parent"
+    running, done, _ = _counts(pg)
+    assert running == 0 and done >= 20
+    assert set(saga_states(pg)) == {"done:succeeded"}, saga_states(pg)
+    for i in range(3):
+        pantries.call(i, "set_latency", 0.0)
+    after = run_pass(env, "--concurrency", "8")
+    assert after.status is not None, after.stderr[-2000:]
+    assert after.code == 0 and after.status["errors"] == [], after.status["errors"][:5]
+    assert after.status["sagas_recovered"] == 0
+    assert len(after.status["create_invoked_ok"]) == 200 - done
+    assert_converged(pg, pantries, live, [0, 1, 2])

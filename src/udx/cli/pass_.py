@@ -31,6 +31,16 @@ def pass_(
     concurrency: int | None = typer.Option(
         None, "--concurrency", min=1, max=256, help="Sagas at once (default: config, 8)."
     ),
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        min=0,
+        max=64,
+        metavar="N",
+        help="Worker processes the sagas are split among (0: one per core, at most 4, on "
+        "PostgreSQL, none on SQLite; 1: this process only; a pass under 200 sagas runs "
+        "in this process) (default: config, 0).",
+    ),
     deadline: float | None = typer.Option(
         None,
         "--deadline",
@@ -117,7 +127,16 @@ def pass_(
     else:
         recorder = _Recorder(db, dry_run)
     try:
-        _pass(db, recorder, dry_run, concurrency, as_json, metrics_file, bounds, progress_every)
+        _pass(
+            db,
+            recorder,
+            dry_run,
+            (concurrency, processes),
+            as_json,
+            metrics_file,
+            bounds,
+            progress_every,
+        )
     except typer.Exit as done:
         _finish(recorder, done.exit_code)
         raise
@@ -204,7 +223,7 @@ def _pass(
     db: Database,
     recorder: _Recorder | None,
     dry_run: bool,
-    concurrency: int | None,
+    parallel: tuple[int | None, int | None],
     as_json: bool,
     metrics_file: Path | None,
     bounds: dict[str, Any],
@@ -213,7 +232,8 @@ def _pass(
     from udx.runtime import build_runtime
 
     st = state()
-    runtime = build_runtime(db, st.settings(), concurrency=concurrency)
+    concurrency, processes = parallel
+    runtime = build_runtime(db, st.settings(), concurrency=concurrency, processes=processes)
     try:
         if dry_run:
             report = runtime.coordinator.plan()

@@ -100,9 +100,19 @@ def is_connection_error(err: BaseException) -> bool:
 class Database:
     """One database: an engine plus udx's transaction discipline."""
 
-    def __init__(self, engine: Engine, url: str, *, busy_timeout_secs: float = 30.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        url: str,
+        *,
+        busy_timeout_secs: float = 30.0,
+        isolation: str = "SERIALIZABLE",
+    ) -> None:
         self.engine = engine
         self.url = url
+        # As opened (PostgreSQL's level; SQLite ignores it): saga worker
+        # processes open the same database the same way.
+        self.isolation = isolation
         self.dialect = engine.dialect.name
         # SQLite: how long a statement waits for another process's lock (the
         # busy handler), after which a busy database is DatabaseBusy, exit 3.
@@ -401,7 +411,7 @@ def open_database(
         _sqlite_setup(engine, busy_timeout_secs)
     else:
         _ping_idle_connections(engine)
-    return Database(engine, url, busy_timeout_secs=busy_timeout_secs)
+    return Database(engine, url, busy_timeout_secs=busy_timeout_secs, isolation=isolation)
 
 
 def _prepare_sqlite_path(path: Path, create: bool) -> None:

@@ -79,8 +79,12 @@ class PassPantries:
         probes: dict[PantryAddress, Probe],
         *,
         slow_secs: float,
+        quiet: bool = False,
     ) -> None:
         self.in_service = frozenset(in_service)
+        # quiet: a saga worker process's copy; the pass's own copy in the parent
+        # logs and reports each warning once (udx.pass_workers).
+        self.quiet = quiet
         self.probes = dict(probes)
         self.slow_secs = slow_secs
         self._lock = threading.Lock()
@@ -102,7 +106,8 @@ class PassPantries:
                 )
 
     def _warn(self, text: str) -> None:
-        log.warning("%s", text)
+        if not self.quiet:
+            log.warning("%s", text)
         self._warnings.append(text)
 
     @property
@@ -153,9 +158,26 @@ class PassPantries:
             if address in self._failed:
                 return
             self._failed[address] = reason
-            text = f"pantry {address} failed a call in this pass ({reason}); not picked again in it"
-            log.warning("%s", text)
-            self._warnings.append(text)
+            self._warn(
+                f"pantry {address} failed a call in this pass ({reason}); not picked again in it"
+            )
+
+    def failures(self) -> dict[PantryAddress, str]:
+        """The pantries that failed a call in this pass, with why."""
+        with self._lock:
+            return dict(self._failed)
+
+    def snapshot(self) -> PassPantriesSnapshot:
+        """What a saga worker process needs to pick as this pass does: who is in
+        service, who answered, who failed since; not the attachment lists."""
+        with self._lock:
+            probes = {
+                a: Probe(a, p.secs, frozenset() if p.answered else None, p.error)
+                for a, p in self.probes.items()
+            }
+            return PassPantriesSnapshot(
+                tuple(sorted(self.in_service)), probes, self.slow_secs, dict(self._failed)
+            )
 
     def is_in_service(self, address: PantryAddress) -> bool:
         return address in self.in_service
@@ -175,3 +197,20 @@ class PassPantries:
             f"none of the {len(self.in_service)} in-service pantries answered in this pass: "
             + "; ".join(parts)
         )
+
+
+@dataclass(frozen=True)
+class PassPantriesSnapshot:
+    """A pass's pantries as sent to a saga worker process (picklable)."""
+
+    in_service: tuple[PantryAddress, ...]
+    probes: dict[PantryAddress, Probe]
+    slow_secs: float
+    failed: dict[PantryAddress, str]
+
+    def restore(self) -> PassPantries:
+        """A quiet PassPantries: the parent logs and reports each warning once."""
+        pantries = PassPantries(self.in_service, self.probes, slow_secs=self.slow_secs, quiet=True)
+        for address, reason in self.failed.items():
+            pantries.mark_failed(address, reason)
+        return pantries

@@ -1,0 +1,253 @@
+"""A pass's sagas in worker processes (udx.pass_workers): the same outcomes, the
+same invariants and the same bounds as in one process, on both engines (SQLite
+only when asked: by default it runs in one), and what happens when a worker
+dies or the operator presses Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from udx import pass_workers, seed
+from udx.db.engine import open_database
+from udx.db.schema import saga as saga_table
+from udx.db.schema import user_data_export
+from udx.pass_workers import WorkerSpec
+
+from .conftest import assert_invariants
+
+
+@pytest.fixture(autouse=True)
+def _patient(settings):
+    """These scenarios expect healthy sagas to succeed, also while worker
+    processes start on a loaded machine; a dead pantry here answers 503 at once."""
+    settings.pantry.request_timeout_secs = 10.0
+    settings.pantry.retry_budget_secs = 2.0
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Worker processes for passes of a few dozen sagas (the default wants 100
+    per process): the decision is the parent's, so patching it here is enough."""
+    monkeypatch.setattr(pass_workers, "MIN_SAGAS_PER_PROCESS", 5)
+
+
+def _live(db) -> int:
+    with db.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).where(user_data_export.c.state == "live")
+            ).scalar_one()
+        )
+
+
+def _saga_creators(db) -> set[str]:
+    with db.connect() as conn:
+        return {str(r[0]) for r in conn.execute(select(saga_table.c.creator).distinct())}
+
+
+def test_a_pass_in_two_processes_takes_every_resource_live(
+    db, registered, make_runtime, small_batches
+):
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=30, project_images=10, silo_images=0)
+    rt = make_runtime(processes=2)
+    assert rt.coordinator.workers is not None
+    status = rt.coordinator.run_pass()
+    assert not status.failed, status.errors
+    assert len(status.create_invoked_ok) == 40
+    assert {i.outcome for i in status.create_invoked_ok} == {"succeeded"}
+    assert all(i.saga_id for i in status.create_invoked_ok)
+    assert _live(db) == 40
+    # The sagas ran in two other executors (each worker has its own SEC id), none here.
+    creators = _saga_creators(db)
+    assert len(creators) == 2 and str(rt.executor.sec_id) not in creators
+    assert sum(len(s.attachments) for s in registered) == 40
+    assert_invariants(db, registered)
+    assert rt.coordinator.run_pass().create_invoked_ok == []  # nothing left to do
+
+
+def test_deletes_run_in_workers_and_free_every_attachment(
+    db, registered, make_runtime, small_batches
+):
+    from udx.datastore import resources
+    from udx.domain.model import ResourceType
+
+    with db.begin() as conn:
+        fleet = seed.seed_fleet(conn, snapshots=24, project_images=0, silo_images=0)
+    rt = make_runtime(processes=2)
+    assert not rt.coordinator.run_pass().failed
+    with db.begin() as conn:
+        resources.soft_delete(conn, ResourceType.SNAPSHOT, [r.resource_id for r in fleet])
+    status = rt.coordinator.run_pass()
+    assert not status.failed, status.errors
+    assert len(status.delete_invoked_ok) == 24
+    assert {i.outcome for i in status.delete_invoked_ok} == {"succeeded"}
+    assert sum(len(s.attachments) for s in registered) == 0
+    assert_invariants(db, registered)
+
+
+def test_max_sagas_and_deadline_hold_across_processes(
+    db, registered, make_runtime, small_batches
+):
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=40, project_images=0, silo_images=0)
+    rt = make_runtime(processes=2)
+    status = rt.coordinator.run_pass(max_sagas=12)
+    assert not status.failed, status.errors
+    assert len(status.create_invoked_ok) == 12 and status.deferred == 28
+    assert _live(db) == 12
+    for sim in registered:
+        sim.set_latency(0.1)
+    status = rt.coordinator.run_pass(deadline_secs=1.0)
+    for sim in registered:
+        sim.set_latency(0)
+    started = len(status.create_invoked_ok)
+    assert not status.failed, status.errors
+    assert started >= 1 and status.deferred >= 1 and started + status.deferred == 28
+    rest = rt.coordinator.run_pass()
+    assert not rest.failed and rest.deferred == 0
+    assert _live(db) == 40
+    assert_invariants(db, registered)
+
+
+def test_a_pantry_failing_in_one_worker_is_picked_by_none(
+    db, registered, make_runtime, small_batches
+):
+    """A pantry that stops answering mid-pass is reported once, by the parent,
+    and is out of every worker's picks from then on."""
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=40, project_images=0, silo_images=0)
+    rt = make_runtime(processes=2)
+    bad = registered[0]
+    bad.fail_next(1000, status=503, method="POST")  # probes (GET) still answer
+    status = rt.coordinator.run_pass()
+    failed_msgs = [w for w in status.warnings if "failed a call in this pass" in w]
+    assert len(failed_msgs) == 1 and str(bad.address) in failed_msgs[0]
+    assert status.pantries_up[str(bad.address)] is False
+    outcomes = [i.outcome for i in status.create_invoked_ok]
+    assert outcomes.count("succeeded") + outcomes.count("unwound") == 40
+    # Only sagas that picked it before the news reached their worker failed on it
+    # (at most a few per worker), not a third of the 40.
+    assert 1 <= outcomes.count("unwound") <= 8
+    bad.fail_next(0)
+    assert not rt.coordinator.run_pass().failed
+    assert _live(db) == 40
+    assert_invariants(db, registered)
+
+
+def _workers() -> list[multiprocessing.process.BaseProcess]:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("udx-saga-worker")]
+
+
+@contextlib.contextmanager
+def _once_attaching(sims, calls: int, action) -> Iterator[None]:
+    """Run `action` in another thread once the pantries have had `calls` attach
+    calls and the workers are up (sagas are then in flight in them)."""
+
+    def watch() -> None:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if sum(s.total_attach_calls for s in sims) >= calls and _workers():
+                action()
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield
+    finally:
+        watcher.join()
+
+
+def test_a_worker_killed_mid_pass_leaves_sagas_the_next_pass_recovers(
+    db, registered, make_runtime, settings, small_batches
+):
+    settings.saga.lease_secs = 2.0
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=40, project_images=0, silo_images=0)
+    for sim in registered:
+        sim.set_latency(0.2)
+    rt = make_runtime(processes=2)
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        pid = _workers()[0].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    with _once_attaching(registered, 4, kill_one):
+        status = rt.coordinator.run_pass()
+    for sim in registered:
+        sim.set_latency(0)
+    assert killed
+    interrupted = [i for i in status.create_invoked_ok if i.outcome == "interrupted"]
+    assert interrupted and all("exited" in (i.error or "") for i in interrupted)
+    assert status.failed  # an interrupted saga is an error of the pass
+    # The other worker finished its share and took the rest.
+    done = sum(1 for i in status.create_invoked_ok if i.outcome == "succeeded")
+    assert done + len(interrupted) == 40 and status.deferred == 0
+    # Their leases expire; the next pass adopts them (step 0) and finishes them.
+    time.sleep(settings.saga.lease_secs + 0.5)
+    after = rt.coordinator.run_pass()
+    assert after.sagas_recovered >= 1
+    assert not after.failed, after.errors
+    assert _live(db) == 40
+    assert_invariants(db, registered)
+
+
+def test_ctrl_c_stops_handing_out_sagas_and_lets_running_ones_finish(
+    db, registered, make_runtime, small_batches
+):
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=40, project_images=0, silo_images=0)
+    for sim in registered:
+        sim.set_latency(0.2)
+    rt = make_runtime(processes=2)
+    # From another thread, as a terminal's Ctrl-C: the handler runs in the main one.
+    with _once_attaching(registered, 2, lambda: signal.raise_signal(signal.SIGINT)):
+        status = rt.coordinator.run_pass()
+    for sim in registered:
+        sim.set_latency(0)
+    assert status.interrupted
+    ran = status.create_invoked_ok
+    assert ran and {i.outcome for i in ran} == {"succeeded"}
+    assert len(ran) + len(status.not_started) == 40 and status.not_started
+    assert not _workers()  # stopped with the pass
+    assert _live(db) == len(ran)
+    assert_invariants(db, registered)
+
+
+def test_when_workers_are_used():
+    from udx.config import Settings
+
+    memory = open_database("sqlite://")
+    assert WorkerSpec.of(memory, Settings(), 4, 8) is None  # lives in this process only
+    spec = WorkerSpec("postgresql+psycopg://u@h/d", "SERIALIZABLE", 30.0, Settings(), 0, 8)
+    cores = min(os.cpu_count() or 1, pass_workers.MAX_AUTO_PROCESSES)
+    assert spec.processes_for(10_000) == cores
+    assert spec.processes_for(199) == 1  # a small pass stays in one process
+    assert spec.processes_for(250) == min(cores, 2)
+    three = WorkerSpec("postgresql+psycopg://u@h/d", "SERIALIZABLE", 30.0, Settings(), 3, 2)
+    assert three.processes_for(10_000) == 2  # never more processes than sagas at once
+
+
+def test_sqlite_runs_in_one_process_unless_asked(tmp_path):
+    from udx.config import Settings
+
+    db = open_database(f"sqlite:///{tmp_path / 'a.db'}")
+    assert WorkerSpec.of(db, Settings(), 0, 8) is None
+    assert WorkerSpec.of(db, Settings(), 1, 8) is None
+    asked = WorkerSpec.of(db, Settings(), 2, 8)
+    assert asked is not None and asked.url == db.url
+    db.dispose()
