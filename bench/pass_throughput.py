@@ -9,8 +9,10 @@ inventory. The pantries are `udx pantry-sim` subprocesses on 127.0.0.1/.2/.3,
 so they do not share this process's GIL; they are restarted for every run.
 
 For each concurrency: a fresh copy of the template, one `coordinator.run_pass()`
-in this process (timed: exports per second = Live records / wall time of the
-pass; checked: every resource Live, no error), the SQL statements it sent
+in this process, its sagas too (`processes=1`: the per-export path, whose
+statements are counted here; bench/limit.py measures worker processes).
+Timed: exports per second = Live records / wall time of the pass; checked:
+every resource Live, no error; counted: the SQL statements it sent
 (udx.testing.statements) and the HTTP requests the pantries served. Then a
 second fresh copy is run under a sampling profiler (bench/_sampler.py, every
 thread) for the share of thread time in the database (sqlalchemy/psycopg), the
