@@ -356,10 +356,13 @@ def request_many(
         }
         for eid, ref in wanted
     ]
-    stmt = _insert_ignoring_conflicts(conn).values(rows).on_conflict_do_nothing()
+    # executemany, not .values(rows): SQLAlchemy then compiles the one-row INSERT
+    # once (cached) and sends the rows in multi-row batches ("insertmanyvalues"),
+    # RETURNING included; compiling a 1,000-row VALUES with 8,000 binds took
+    # ~0.3 s of CPU per chunk, most of step 3 of a first pass.
+    stmt = _insert_ignoring_conflicts(conn).on_conflict_do_nothing().returning(*t.c)
     made = {
-        (r.resource_type, r.resource_id): r
-        for r in rows_to_exports(conn.execute(stmt.returning(*t.c)).all())
+        (r.resource_type, r.resource_id): r for r in rows_to_exports(conn.execute(stmt, rows).all())
     }
     keys = [(ref.resource_type, ref.resource_id) for _, ref in wanted]
     out.created = [made[k] for k in keys if k in made]
