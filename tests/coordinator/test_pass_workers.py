@@ -197,10 +197,11 @@ def test_a_worker_killed_mid_pass_leaves_sagas_the_next_pass_recovers(
     # The other worker finished its share and took the rest.
     done = sum(1 for i in status.create_invoked_ok if i.outcome == "succeeded")
     assert done + len(interrupted) == 40 and status.deferred == 0
-    # Their leases expire; the next pass adopts them (step 0) and finishes them.
+    # Their leases expire; the next pass adopts those the log holds (step 0) and
+    # runs new sagas for any killed before its first log write (none to recover).
     time.sleep(settings.saga.lease_secs + 0.5)
     after = rt.coordinator.run_pass()
-    assert after.sagas_recovered >= 1
+    assert after.sagas_recovered + len(after.create_invoked_ok) >= len(interrupted)
     assert not after.failed, after.errors
     assert _live(db) == 40
     assert_invariants(db, registered)
