@@ -670,19 +670,22 @@ class Coordinator:
 
         processes = self.workers.processes_for(budget) if self.workers is not None else 1
         if self.workers is not None and processes > 1:
-            from udx.pass_workers import run_jobs
+            from udx.pass_workers import WorkersUnavailable, run_jobs
 
-            started, interrupted = run_jobs(
-                self.workers,
-                processes,
-                jobs,
-                budget=budget,
-                deadline=deadline,
-                pantries=pantries,
-                finished=lambda index, res: record(index, _invocation(jobs[index], res)),
-            )
-        else:
-            started, interrupted = self._run_in_threads(jobs, budget, deadline, record)
+            try:
+                started, interrupted = run_jobs(
+                    self.workers,
+                    processes,
+                    jobs,
+                    budget=budget,
+                    deadline=deadline,
+                    pantries=pantries,
+                    finished=lambda index, res: record(index, _invocation(jobs[index], res)),
+                )
+                return outcomes, len(jobs) - started, interrupted
+            except WorkersUnavailable as err:
+                log.warning("%s; running the sagas in this process", err)
+        started, interrupted = self._run_in_threads(jobs, budget, deadline, record)
         return outcomes, len(jobs) - started, interrupted
 
     def _run_in_threads(

@@ -39,6 +39,8 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             out["exception"] = mask_url(self.formatException(record.exc_info))
+        elif record.exc_text:  # formatted already: a record from a saga worker process
+            out["exception"] = mask_url(record.exc_text)
         return json.dumps(out)
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import threading
@@ -58,6 +57,14 @@ MIN_SAGAS_PER_PROCESS = 100
 MAX_AUTO_PROCESSES = 4
 # How long the parent waits for a worker to exit after asking it to.
 STOP_WAIT_SECS = 10.0
+# How long a worker may take to open the database and build its executor: one
+# that has not said "ready" by then is stopped, and the others go on without it.
+READY_WAIT_SECS = 60.0
+
+
+class WorkersUnavailable(Exception):
+    """No worker process became ready, so no saga started: the caller runs them in
+    its own threads (the message says why, e.g. a worker could not connect)."""
 
 
 class Job(Protocol):
@@ -124,8 +131,10 @@ class _Worker:
     number: int
     process: BaseProcess
     conn: Connection
+    threads: int
     running: dict[int, Job] = field(default_factory=dict)
     alive: bool = True
+    ready: bool = False
 
 
 class _Stop:
@@ -143,6 +152,21 @@ class _Stop:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
+    @contextlib.contextmanager
+    def ignored(self) -> Any:
+        """SIGINT ignored while a worker is started: a spawned child inherits the
+        disposition, so a Ctrl-C during its imports (before it ignores SIGINT
+        itself) is no KeyboardInterrupt traceback on the terminal. One that
+        arrives in those few milliseconds is lost to the parent too."""
+        if not self._installed:
+            yield
+            return
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._handle)
+
     def _handle(self, _signum: int, _frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
@@ -150,7 +174,16 @@ class _Stop:
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
+            # None: a handler not installed from Python; the default is the best guess.
+            previous = self._previous if self._previous is not None else signal.SIG_DFL
+            signal.signal(signal.SIGINT, previous)
+
+
+def split_threads(threads: int, processes: int) -> list[int]:
+    """`threads` sagas at once split among `processes` (the first ones get the
+    remainder): exactly `threads` in all, at least one each."""
+    base, extra = divmod(max(threads, processes), processes)
+    return [base + (1 if i < extra else 0) for i in range(processes)]
 
 
 def run_jobs(
@@ -166,38 +199,27 @@ def run_jobs(
     """Run `jobs` in order in `processes` worker processes, `spec.threads` sagas
     at once in all, starting at most `budget` and none once `deadline`
     (monotonic) has passed. `finished(index, result)` is called in this thread as
-    each saga ends. Returns how many started and whether Ctrl-C stopped it."""
+    each saga ends. Returns how many started and whether Ctrl-C stopped it.
+    Raises WorkersUnavailable when no worker became ready (nothing started)."""
     import multiprocessing
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")  # no fork: threads and pools hold locks
-    threads = max(1, math.ceil(spec.threads / processes))
     snapshot = pantries.snapshot() if pantries is not None else None
     level = logging.getLogger("udx").getEffectiveLevel()
     workers: list[_Worker] = []
-    for number in range(processes):
-        parent_end, child_end = ctx.Pipe()
-        process = ctx.Process(
-            target=_worker_main,
-            args=(child_end, spec, threads, snapshot, level),
-            name=f"udx-saga-worker-{number}",
-            daemon=True,  # never outlives this process
-        )
-        process.start()
-        child_end.close()
-        workers.append(_Worker(number, process, parent_end))
-    log.info("running up to %d sagas in %d worker processes", len(jobs), processes)
-
     next_index = 0
     started = 0
+    start_failures: list[str] = []
+
+    def more_to_start(stop: _Stop) -> bool:
+        if next_index >= len(jobs) or started >= budget or stop.requested:
+            return False
+        return deadline is None or time.monotonic() < deadline
 
     def hand_out(worker: _Worker, stop: _Stop) -> None:
         nonlocal next_index, started
-        while worker.alive and len(worker.running) < threads and next_index < len(jobs):
-            if started >= budget or stop.requested:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
+        while worker.ready and len(worker.running) < worker.threads and more_to_start(stop):
             job = jobs[next_index]
             try:
                 worker.conn.send(("run", next_index, job.saga, job.params()))
@@ -228,6 +250,10 @@ def run_jobs(
             worker.running.pop(index, None)
             failed_pantries(worker, failures)
             finished(index, SagaResult(uuid.UUID(fields[0]), *fields[1:]))
+        elif kind == "ready":
+            worker.ready = True
+        elif kind == "failed":  # it could not start: it exits next
+            start_failures.append(message[1])
         elif kind == "log":
             record = logging.makeLogRecord(message[1])
             logging.getLogger(record.name).handle(record)
@@ -248,9 +274,10 @@ def run_jobs(
 
     def drive(stop: _Stop) -> None:
         warned = False
+        ready_by = time.monotonic() + READY_WAIT_SECS
         while True:
             live = [w for w in workers if w.alive]
-            if not live and next_index < min(len(jobs), budget):
+            if not live and more_to_start(stop) and started:
                 log.error("every saga worker process exited: no more sagas started")
             if stop.requested and not warned:
                 warned = True
@@ -260,7 +287,16 @@ def run_jobs(
                 )
             for w in live:
                 hand_out(w, stop)
-            if not any(w.running for w in live):
+            starting = [w for w in live if not w.ready]
+            if starting and time.monotonic() >= ready_by:
+                for w in starting:
+                    log.error(
+                        "saga worker process %d was not ready after %.0f s: stopped",
+                        w.process.pid,
+                        READY_WAIT_SECS,
+                    )
+                    w.process.terminate()
+            if not any(w.running for w in live) and not (starting and more_to_start(stop)):
                 return
             sources: list[Any] = [w.conn for w in live] + [w.process.sentinel for w in live]
             for ready in wait(sources, timeout=0.2):
@@ -271,32 +307,59 @@ def run_jobs(
                         bury(w)
 
     interrupted = False
-    try:
-        with _Stop() as stop:
+    with _Stop() as stop:
+        try:
+            for number, threads in enumerate(split_threads(spec.threads, processes)):
+                parent_end, child_end = ctx.Pipe()
+                process = ctx.Process(
+                    target=_worker_main,
+                    args=(child_end, spec, threads, snapshot, level),
+                    name=f"udx-saga-worker-{number}",
+                    daemon=True,  # never outlives this process
+                )
+                with stop.ignored():
+                    process.start()
+                child_end.close()
+                workers.append(_Worker(number, process, parent_end, threads))
+            log.info("running up to %d sagas in %d worker processes", len(jobs), processes)
             drive(stop)
             interrupted = stop.requested
-    finally:
-        _stop_workers(workers)
+        finally:
+            _stop_workers(workers)
+    if started == 0 and not any(w.ready for w in workers) and not interrupted:
+        why = start_failures[0] if start_failures else "they exited before they were ready"
+        raise WorkersUnavailable(f"no saga worker process could start: {why}")
     return started, interrupted
 
 
 def _stop_workers(workers: list[_Worker]) -> None:
+    """Ask each worker to stop, wait for the ones with nothing running, and
+    terminate the rest (their leases expire; the next pass's recovery finishes
+    their sagas). Every worker is terminated, even if the wait is interrupted."""
     for w in workers:
         if w.alive:
             with contextlib.suppress(OSError):
                 w.conn.send(("stop",))
-    end = time.monotonic() + STOP_WAIT_SECS
-    for w in workers:
-        w.process.join(max(0.0, end - time.monotonic()) if not w.running else 0.0)
-        if w.process.is_alive():
-            # Still running sagas (a second Ctrl-C) or hung: their leases expire
-            # and the next pass's recovery finishes them.
-            w.process.terminate()
-            w.process.join(5.0)
-        w.conn.close()
+    try:
+        end = time.monotonic() + STOP_WAIT_SECS
+        for w in workers:
+            w.process.join(max(0.0, end - time.monotonic()) if not w.running else 0.0)
+    finally:
+        for w in workers:
+            try:
+                if w.process.is_alive():
+                    w.process.terminate()  # still running sagas (a second Ctrl-C), or hung
+                    w.process.join(5.0)
+            finally:
+                w.conn.close()
 
 
 # --- a worker -----------------------------------------------------------------------------
+
+
+# Record attributes that survive the pipe as they are; any other is sent as its
+# str(): a record may carry an object that cannot be pickled (a connection, a lock).
+_PLAIN = (str, int, float, bool, type(None))
 
 
 class _PipeLogHandler(logging.Handler):
@@ -308,14 +371,14 @@ class _PipeLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            fields = dict(record.__dict__)
+            fields = {k: v if isinstance(v, _PLAIN) else str(v) for k, v in vars(record).items()}
             fields["msg"] = record.getMessage()
             fields["args"] = None
+            fields["exc_info"] = None
             if record.exc_info:
                 fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
-            fields["exc_info"] = None
             self._send(("log", fields))
-        except Exception:  # the parent is gone, or a record that cannot be pickled
+        except Exception:  # the parent is gone
             self.handleError(record)
 
 
@@ -345,6 +408,8 @@ def _worker_main(
 
         log.error("saga worker process %d failed: %s", os.getpid(), one_line(err))
         raise SystemExit(1) from None
+    finally:
+        conn.close()
 
 
 def _serve(
@@ -358,12 +423,18 @@ def _serve(
 
     from udx.db.engine import open_database
     from udx.runtime import build_runtime
+    from udx.saga.executor import one_line
     from udx.sagas.deps import ExportSagaDeps
 
-    db = open_database(
-        spec.url, isolation=spec.isolation, busy_timeout_secs=spec.busy_timeout_secs
-    )
-    runtime = build_runtime(db, spec.settings, concurrency=threads, processes=1)
+    try:
+        db = open_database(
+            spec.url, isolation=spec.isolation, busy_timeout_secs=spec.busy_timeout_secs
+        )
+        runtime = build_runtime(db, spec.settings, concurrency=threads, processes=1)
+    except Exception as err:
+        with contextlib.suppress(OSError):
+            send(("failed", one_line(err)))
+        raise
     pantries = snapshot.restore() if snapshot is not None else None
     if pantries is not None and isinstance(runtime.executor.deps, ExportSagaDeps):
         runtime.executor.deps.begin_pass(pantries)
@@ -371,27 +442,39 @@ def _serve(
     reported_lock = threading.Lock()
 
     def run(index: int, job: _RemoteJob) -> None:
-        result = run_job(runtime.executor, job)
-        news: list[tuple[Any, str]] = []
-        if pantries is not None:
-            with reported_lock:
-                for address, reason in pantries.failures().items():
-                    if address not in reported:
-                        reported.add(address)
-                        news.append((address, reason))
-        fields = (
-            str(result.saga_id),
-            result.name,
-            result.outcome,
-            result.failed_node,
-            result.error,
-            result.error_type,
-        )
-        with contextlib.suppress(OSError):  # the parent is gone; the log has the outcome
+        # Whatever happens, the parent hears of this job: it waits for a "done"
+        # or for this process to exit, never for nothing.
+        try:
+            result = run_job(runtime.executor, job)
+        except BaseException as err:  # run_job returns for an Exception; not for these
+            result = SagaResult(uuid.uuid4(), job.saga, "interrupted", error=one_line(err))
+        try:
+            news: list[tuple[Any, str]] = []
+            if pantries is not None:
+                with reported_lock:
+                    for address, reason in pantries.failures().items():
+                        if address not in reported:
+                            reported.add(address)
+                            news.append((address, reason))
+            fields = (
+                str(result.saga_id),
+                result.name,
+                result.outcome,
+                result.failed_node,
+                result.error,
+                result.error_type,
+            )
             send(("done", index, fields, news))
+        except OSError:
+            pass  # the parent is gone; the saga log has the outcome
+        except BaseException:
+            # The outcome cannot be sent: exit, and the parent reports this
+            # process's running sagas "interrupted" (the next pass finishes them).
+            os._exit(1)
 
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="saga")
     try:
+        send(("ready",))
         while True:
             try:
                 message = conn.recv()
@@ -410,7 +493,6 @@ def _serve(
         pool.shutdown(wait=True)
         runtime.close()
         db.dispose()
-        conn.close()
 
 
 @dataclass(frozen=True)

@@ -61,12 +61,29 @@ def _start_slow_pass(pg, pg_url, pantries):
     return live, env, proc
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live processes in process group `pgid`, from /proc. Not killpg(pgid, 0):
+    that succeeds on zombies, which linger where PID 1 does not reap them."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:  # exited meanwhile
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
 def _group_gone(pgid: int, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not _group_members(pgid):
             return True
         time.sleep(0.05)
     return False
