@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Generate shell completions (bash, zsh, fish) and man pages (roff, one per
-command) from udx's command definitions.
+command) from udx's command definitions, and the SQL text of `udx changeset
+--json` on PostgreSQL (udx.datastore.changeset_pg_sql) from its SQLAlchemy form.
 
     python scripts/gen_docs.py          # write completions/ and man/
     python scripts/gen_docs.py --check  # exit 1 when the committed files are stale (CI)
@@ -520,6 +521,9 @@ def generate() -> dict[Path, str]:
     }
     for node in _all(tree):
         files[ROOT / "man" / f"{'-'.join(node.path)}.1"] = man_page(node, tree)
+    from udx.datastore.changeset import preview_json_sql_module
+
+    files[ROOT / "src" / "udx" / "datastore" / "changeset_pg_sql.py"] = preview_json_sql_module()
     return files
 
 
@@ -544,7 +548,7 @@ def main() -> int:
                 print(f"stale: {p.relative_to(ROOT)}", file=sys.stderr)
             print("run: python scripts/gen_docs.py", file=sys.stderr)
             return 1
-        print(f"completions and man pages are current ({len(files)} files)")
+        print(f"completions, man pages and generated SQL are current ({len(files)} files)")
         return 0
     for p in extra:
         p.unlink()

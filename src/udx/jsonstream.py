@@ -11,6 +11,7 @@ defaults (", " and ": "); with an indent, json's indented layout.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -100,3 +101,22 @@ def write_json(
     for piece in iter_json(fields, indent=indent, default=default):
         out.write(transform(piece) if transform else piece)
     out.write("\n")
+
+
+_NOT_JSON_ASCII = re.compile("[\x7f-\U0010ffff]")
+
+
+def _ascii_escape(m: re.Match[str]) -> str:
+    n = ord(m.group())
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    n -= 0x10000
+    return f"\\u{0xD800 | (n >> 10):04x}\\u{0xDC00 | (n & 0x3FF):04x}"
+
+
+def ascii_only(text: str) -> str:
+    """json's ensure_ascii on JSON text: outside strings it is ASCII already, so every
+    DEL or non-ASCII character is inside a string and becomes a \\u escape."""
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _NOT_JSON_ASCII.sub(_ascii_escape, text)

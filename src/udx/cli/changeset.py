@@ -16,20 +16,32 @@ def register(app: typer.Typer) -> None:
 def changeset(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the changeset (read-only: records whose resource is gone are shown as
     they would be marked, nothing is written)."""
+    tty = is_terminal()
+    if as_json and not tty:
+        # Piped, on PostgreSQL: psycopg alone (no SQLAlchemy import), the same bytes.
+        from udx.datastore import changeset_pg
+
+        settings = state().settings()
+        try:
+            changeset_pg.write_preview_json(
+                settings.database_url, settings.database.isolation, sys.stdout
+            )
+            return
+        except changeset_pg.NotHere:
+            pass  # SQLite, a URL or schema it leaves to SQLAlchemy, a failed connection
     from udx.datastore import changeset as cs
 
     db = state().database()
     if as_json:
-        from udx.jsonstream import write_json
+        from udx.jsonstream import ascii_only, write_json
 
         # Streamed: each list is read while it is written, so memory stays flat and
         # the first byte goes out long before the end. Piped (compact JSON) on
         # PostgreSQL, the database renders each record's text: no row objects.
-        tty = is_terminal()
         with db.connect() as conn:
             fields = cs.preview_fields(conn) if tty else cs.preview_json_fields(conn)
             write_json(
-                sys.stdout, fields, indent=2 if tty else None, default=str, transform=cs.ascii_only
+                sys.stdout, fields, indent=2 if tty else None, default=str, transform=ascii_only
             )
         return
     from udx.cli.render import holding_sagas
