@@ -68,6 +68,14 @@ def test_many_rows_come_in_chunks_with_the_same_bytes(
     assert _lean(pg_only_db) == _sqlalchemy_path(pg_only_db)
 
 
+def test_a_libpq_without_chunked_rows_streams_row_by_row(
+    pg_only_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(psycopg.capabilities, "has_stream_chunked", lambda check=False: False)
+    seed_every_state(pg_only_db, 2)
+    assert _lean(pg_only_db) == _sqlalchemy_path(pg_only_db)
+
+
 def test_urls_it_leaves_to_sqlalchemy(tmp_path: Path) -> None:
     assert changeset_pg.conninfo_for(f"sqlite:///{tmp_path}/a.db") is None
     assert changeset_pg.conninfo_for("postgresql+psycopg://u@h/d?sslmode=require") is None

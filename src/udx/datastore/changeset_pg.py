@@ -88,8 +88,11 @@ def _isolation(name: str) -> psycopg.IsolationLevel:
 def _texts(cur: psycopg.Cursor[Any], sql: str, url: str) -> Iterator[str]:
     import psycopg
 
+    # Chunks need libpq 17 (psycopg's binary wheel ships a newer one); an older
+    # libpq gets single-row mode: slower, the same bytes.
+    size = ROWS_PER_CHUNK if psycopg.capabilities.has_stream_chunked() else 1
     try:
-        for row in cur.stream(sql, size=ROWS_PER_CHUNK):
+        for row in cur.stream(sql, size=size):
             yield row[0]
     except psycopg.OperationalError as err:
         raise DatabaseUnavailable(
