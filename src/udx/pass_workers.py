@@ -135,6 +135,7 @@ class _Worker:
     running: dict[int, Job] = field(default_factory=dict)
     alive: bool = True
     ready: bool = False
+    terminated_at: float | None = None  # asked to exit (not ready in time)
 
 
 class _Stop:
@@ -174,8 +175,10 @@ class _Stop:
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:
-            # None: a handler not installed from Python; the default is the best guess.
-            previous = self._previous if self._previous is not None else signal.SIG_DFL
+            # None: a handler not installed from Python. Python's own is the best
+            # guess: with SIG_DFL a later Ctrl-C (say, in the thread fallback)
+            # would kill the process without its summary.
+            previous = self._previous if self._previous is not None else signal.default_int_handler
             signal.signal(signal.SIGINT, previous)
 
 
@@ -288,14 +291,18 @@ def run_jobs(
             for w in live:
                 hand_out(w, stop)
             starting = [w for w in live if not w.ready]
-            if starting and time.monotonic() >= ready_by:
-                for w in starting:
+            now = time.monotonic()
+            for w in starting:
+                if w.terminated_at is None and now >= ready_by:
                     log.error(
                         "saga worker process %d was not ready after %.0f s: stopped",
                         w.process.pid,
                         READY_WAIT_SECS,
                     )
+                    w.terminated_at = now
                     w.process.terminate()
+                elif w.terminated_at is not None and now - w.terminated_at >= STOP_WAIT_SECS:
+                    w.process.kill()  # it ignored SIGTERM
             if not any(w.running for w in live) and not (starting and more_to_start(stop)):
                 return
             sources: list[Any] = [w.conn for w in live] + [w.process.sentinel for w in live]
@@ -306,8 +313,9 @@ def run_jobs(
                     if (ready is w.conn and not receive(w)) or ready == w.process.sentinel:
                         bury(w)
 
-    interrupted = False
     with _Stop() as stop:
+        if not more_to_start(stop):
+            return 0, False  # nothing may start (a budget of 0, a deadline passed)
         try:
             for number, threads in enumerate(split_threads(spec.threads, processes)):
                 parent_end, child_end = ctx.Pipe()
@@ -317,16 +325,26 @@ def run_jobs(
                     name=f"udx-saga-worker-{number}",
                     daemon=True,  # never outlives this process
                 )
-                with stop.ignored():
-                    process.start()
-                child_end.close()
-                workers.append(_Worker(number, process, parent_end, threads))
-            log.info("running up to %d sagas in %d worker processes", len(jobs), processes)
-            drive(stop)
-            interrupted = stop.requested
+                try:
+                    with stop.ignored():
+                        process.start()
+                        workers.append(_Worker(number, process, parent_end, threads))
+                except Exception as err:  # a process limit, memory: go on with those started
+                    from udx.saga.executor import one_line
+
+                    start_failures.append(f"cannot start a process: {one_line(err)}")
+                    parent_end.close()
+                    break
+                finally:
+                    child_end.close()
+            if workers:
+                log.info("running up to %d sagas in %d worker processes", len(jobs), len(workers))
+                drive(stop)
         finally:
             _stop_workers(workers)
-    if started == 0 and not any(w.ready for w in workers) and not interrupted:
+        interrupted = stop.requested
+    if started == 0 and not interrupted and more_to_start(stop):
+        # No saga was handed to any worker: running them here runs none twice.
         why = start_failures[0] if start_failures else "they exited before they were ready"
         raise WorkersUnavailable(f"no saga worker process could start: {why}")
     return started, interrupted
@@ -431,6 +449,8 @@ def _serve(
             spec.url, isolation=spec.isolation, busy_timeout_secs=spec.busy_timeout_secs
         )
         runtime = build_runtime(db, spec.settings, concurrency=threads, processes=1)
+        with db.connect() as conn_check:  # "ready" means it reached the database too
+            conn_check.exec_driver_sql("SELECT 1")
     except Exception as err:
         with contextlib.suppress(OSError):
             send(("failed", one_line(err)))

@@ -262,24 +262,60 @@ def test_sqlite_runs_in_one_process_unless_asked(tmp_path):
     db.dispose()
 
 
+def _unreachable(db, tmp_path) -> str:
+    """A URL that parses but whose database cannot be used."""
+    if db.dialect == "postgresql":
+        return db.url.replace(f":{db.engine.url.port}/", ":1/")  # connection refused
+    garbage = tmp_path / "not-a-database.db"
+    garbage.write_bytes(b"this is not an SQLite file" * 100)
+    return f"sqlite:///{garbage}"
+
+
+@pytest.mark.parametrize("how", ["malformed URL", "unreachable database", "no process"])
 def test_workers_that_cannot_start_leave_the_pass_to_this_process(
-    db, registered, make_runtime, small_batches, caplog
+    db, registered, make_runtime, small_batches, caplog, monkeypatch, tmp_path, how
 ):
     with db.begin() as conn:
         seed.seed_fleet(conn, snapshots=20, project_images=0, silo_images=0)
     rt = make_runtime(processes=2)
     assert rt.coordinator.workers is not None
-    # Each worker fails to open its database (a URL only it is given).
-    rt.coordinator.workers = dataclasses.replace(rt.coordinator.workers, url="no such url")
+    if how == "no process":  # as when the process limit is reached
+        def refuse(self):
+            raise OSError(11, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", refuse)
+        expected = "cannot start a process: "
+    else:
+        # Each worker is given a URL only it uses; the pass's own is fine.
+        url = "no such url" if how == "malformed URL" else _unreachable(db, tmp_path)
+        rt.coordinator.workers = dataclasses.replace(rt.coordinator.workers, url=url)
+        expected = "malformed database URL" if how == "malformed URL" else ""
     with caplog.at_level("WARNING", logger="udx"):
         status = rt.coordinator.run_pass()
     assert not status.failed, status.errors
     assert {i.outcome for i in status.create_invoked_ok} == {"succeeded"}
     assert _live(db) == 20
     assert _saga_creators(db) == {str(rt.executor.sec_id)}  # all ran here
-    assert "no saga worker process could start: malformed database URL" in caplog.text
+    assert f"no saga worker process could start: {expected}" in caplog.text
+    assert "running the sagas in this process" in caplog.text
     assert not _workers()
     assert_invariants(db, registered)
+
+
+def test_nothing_to_start_starts_no_worker(db, registered, make_runtime, small_batches):
+    with db.begin() as conn:
+        seed.seed_fleet(conn, snapshots=20, project_images=0, silo_images=0)
+    spec = make_runtime(processes=2).coordinator.workers
+    assert spec is not None
+    jobs = [pass_workers._RemoteJob("export-create", {}) for _ in range(20)]
+    began = time.monotonic()
+    for budget, deadline in ((0, None), (20, time.monotonic() - 1)):
+        started, interrupted = pass_workers.run_jobs(
+            spec, 2, jobs, budget=budget, deadline=deadline, pantries=None,
+            finished=lambda i, r: pytest.fail("nothing may run"),
+        )
+        assert (started, interrupted) == (0, False)
+    assert time.monotonic() - began < 1  # no process was spawned and waited for
 
 
 def test_threads_are_split_exactly_among_processes():
@@ -320,6 +356,15 @@ def test_ctrl_c_handling_restores_a_handler_python_did_not_install():
     try:
         with stop:
             stop._previous = None  # what getsignal says of a handler set from C
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_sigint_is_ignored_only_while_a_worker_starts():
+    stop = pass_workers._Stop()
+    with stop:
+        with stop.ignored():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
