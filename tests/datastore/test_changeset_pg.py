@@ -5,6 +5,7 @@ it does not handle."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -96,12 +97,78 @@ def test_a_schema_that_is_not_current_goes_to_sqlalchemy_untouched(pg_only_db: D
     assert out.getvalue() == ""
 
 
-def test_a_connection_that_fails_goes_to_sqlalchemy(pg_only_db: Database) -> None:
-    refused = pg_only_db.url.replace(f":{pg_only_db.engine.url.port}/", ":1/")
+@pytest.mark.parametrize("how", ["refused", "no such database"])
+def test_an_unreachable_database_is_the_same_error_as_on_the_other_path(
+    pg_only_db: Database, how: str
+) -> None:
+    from udx.db import migrate
+    from udx.db.engine import open_database
+    from udx.domain.errors import DatabaseUnavailable
+
+    url = (
+        pg_only_db.url.replace(f":{pg_only_db.engine.url.port}/", ":1/")
+        if how == "refused"
+        else pg_only_db.url.rpartition("/")[0] + "/no_such_database"
+    )
     out = io.StringIO()
-    with pytest.raises(changeset_pg.NotHere):
-        changeset_pg.write_preview_json(refused, "serializable", out)
+    with pytest.raises(DatabaseUnavailable) as lean:
+        changeset_pg.write_preview_json(url, "serializable", out)
     assert out.getvalue() == ""
+    other = open_database(url)
+    try:
+        with pytest.raises(DatabaseUnavailable) as theirs:
+            migrate.require_current(other)
+    finally:
+        other.dispose()
+    assert str(lean.value) == str(theirs.value)
+    assert str(lean.value).startswith("cannot reach the database postgresql+psycopg://")
+
+
+def test_urls_libpq_and_sqlalchemy_would_read_differently() -> None:
+    base = "postgresql+psycopg://u:p%40ss@127.0.0.1:5432/udx"
+    assert changeset_pg.conninfo_for(base) == "postgresql://u:p%40ss@127.0.0.1:5432/udx"
+    assert changeset_pg.conninfo_for("postgresql://u@%2Fvar%2Frun%2Fpostgresql/udx") is None
+    assert changeset_pg.conninfo_for("postgresql://u@h/udx%2Dprod") is None
+    assert changeset_pg.conninfo_for("postgresql://u@h1:5432,h2:5432/udx") is None
+    assert changeset_pg.conninfo_for("postgresql://u@h:99999/udx") is None  # BadInput there
+    assert changeset_pg.conninfo_for("postgresql://u@[fd00::1]:5432/udx") == (
+        "postgresql://u@[fd00::1]:5432/udx"
+    )
+
+
+def test_a_reader_that_goes_away_leaves_no_connection_and_no_noise(
+    pg_only_db: Database, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(changeset_pg, "ROWS_PER_CHUNK", 2)  # the statement is mid-flight
+    seed_every_state(pg_only_db, 30)
+
+    class ClosedPipe(io.StringIO):
+        writes = 0
+
+        def write(self, s: str) -> int:
+            self.writes += 1
+            if self.writes == 3:  # inside the first list
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(s)
+
+    def sessions() -> int:
+        with pg_only_db.connect() as conn:
+            return int(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+            )
+
+    pg_only_db.dispose()
+    before = sessions()
+    with pytest.raises(BrokenPipeError):
+        changeset_pg.write_preview_json(pg_only_db.url, "serializable", ClosedPipe())
+    gc.collect()
+    assert capfd.readouterr().err == ""  # no "error ignored in rollback" line
+    assert sessions() == before
 
 
 def test_a_connection_lost_mid_stream_is_one_clear_error(pg_only_db: Database) -> None:

@@ -10,19 +10,34 @@ and memory stays flat). Measured in bench/changeset.py.
 
 The output is the same bytes as the SQLAlchemy path's (tests/datastore/
 test_changeset_pg.py). Anything this path does not handle goes back to that one,
-before a byte is written: a URL with query parameters or another driver, a
-schema that is not current, a connection that fails (the other path then says
-what is wrong, in its words: the price is a second connection attempt).
+before a byte is written: a URL with query parameters, a `%` in its host or
+database name, or another driver; a schema that is not current; a connection
+that fails other than by being unreachable (the other path then says what is
+wrong, in its words). An unreachable database is the same one error line as on
+that path, without a second attempt.
+
+Errors once output has begun are classified as udx.db.engine does: a lost
+connection is DatabaseUnavailable (exit 3), anything else a DatabaseError. One
+difference: each list is one statement here, not a cursor's FETCHes, so a
+`statement_timeout` set for udx's role bounds a whole list's transfer (a slow
+reader of the output can hit it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from udx.datastore.changeset_pg_sql import STATEMENTS
 from udx.db.migrate import SCHEMA_HEAD
-from udx.db.urls import mask_secrets, normalize_url
+from udx.db.urls import (
+    CONNECTION_LOST_TEXT,
+    check_url_authority,
+    is_connection_sqlstate,
+    mask_secrets,
+    normalize_url,
+)
 from udx.domain.errors import DatabaseError, DatabaseUnavailable
 from udx.jsonstream import Stream, ascii_only, write_json
 
@@ -42,19 +57,32 @@ class NotHere(Exception):
 
 def conninfo_for(url: str) -> str | None:
     """The libpq URI for `url`, or None when this path does not take it: not
-    PostgreSQL through psycopg, or query parameters (SQLAlchemy may read them
-    differently from libpq)."""
+    PostgreSQL through psycopg; query parameters (SQLAlchemy may read them
+    differently from libpq); a host or database name with a `%` (libpq decodes
+    it, SQLAlchemy does not: they could name two databases) or several hosts; a
+    URL SQLAlchemy's path refuses (it then says why)."""
+    from udx.domain.errors import BadInput
+
     url = normalize_url(url)
     if not url.startswith(_SCHEME) or "?" in url:
         return None
-    return "postgresql://" + url[len(_SCHEME) :]
+    rest = url[len(_SCHEME) :]
+    where = rest.rpartition("@")[2]  # host, port and database: after the user info
+    if "%" in where or "," in where:
+        return None
+    try:
+        check_url_authority(url)
+    except BadInput:
+        return None
+    return "postgresql://" + rest
 
 
 def write_preview_json(url: str, isolation: str, out: TextIO) -> None:
     """Write `json.dumps(preview(conn).to_json(include_would_mark=True))` and a
     newline to `out`, in one transaction at `isolation` (a [database] isolation
     value), read-only. NotHere before anything is written when the SQLAlchemy path
-    must run instead; a database error once writing has begun is a UdxError."""
+    must run instead; a database that cannot be reached, or an error once writing
+    has begun, is a UdxError."""
     conninfo = conninfo_for(url)
     if conninfo is None:
         raise NotHere
@@ -63,20 +91,37 @@ def write_preview_json(url: str, isolation: str, out: TextIO) -> None:
 
     try:
         conn = psycopg.connect(conninfo, connect_timeout=CONNECT_TIMEOUT_SECS)
-    except psycopg.Error:
-        raise NotHere from None
-    with conn:
+    except psycopg.Error as err:
+        if _is_connection_error(err):  # not twice: a second try would wait as long
+            raise _unavailable(err, url) from err
+        raise NotHere from None  # the other path says what is wrong, in its words
+    streams: list[Generator[str, None, None]] = []
+    try:
         try:
             conn.isolation_level = _isolation(isolation)
             conn.read_only = True
             stored = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-        except psycopg.Error:
-            raise NotHere from None
+        except psycopg.Error as err:
+            if _is_connection_error(err):
+                raise _unavailable(err, url) from err
+            raise NotHere from None  # no alembic_version: no udx schema
         if stored != [(SCHEMA_HEAD,)]:
             raise NotHere
         cur = conn.cursor()
-        fields = [(name, Stream(_texts(cur, sql, url), raw=True)) for name, sql in STATEMENTS]
+        streams = [_texts(cur, sql, url) for _name, sql in STATEMENTS]
+        fields = [
+            (name, Stream(texts, raw=True))
+            for (name, _sql), texts in zip(STATEMENTS, streams, strict=True)
+        ]
         write_json(out, fields, transform=ascii_only)
+    finally:
+        # A write that failed mid-list (a closed pipe, Ctrl-C) leaves a statement
+        # running: closing its stream cancels it, so closing the connection
+        # (which ends the read-only transaction) does not find it busy.
+        for texts in streams:
+            with contextlib.suppress(Exception):
+                texts.close()
+        conn.close()
 
 
 def _isolation(name: str) -> psycopg.IsolationLevel:
@@ -85,7 +130,7 @@ def _isolation(name: str) -> psycopg.IsolationLevel:
     return IsolationLevel[name.upper()]
 
 
-def _texts(cur: psycopg.Cursor[Any], sql: str, url: str) -> Iterator[str]:
+def _texts(cur: psycopg.Cursor[Any], sql: str, url: str) -> Generator[str, None, None]:
     import psycopg
 
     # Chunks need libpq 17 (psycopg's binary wheel ships a newer one); an older
@@ -94,12 +139,29 @@ def _texts(cur: psycopg.Cursor[Any], sql: str, url: str) -> Iterator[str]:
     try:
         for row in cur.stream(sql, size=size):
             yield row[0]
-    except psycopg.OperationalError as err:
-        raise DatabaseUnavailable(
-            f"cannot reach the database {mask_secrets(url, url)}: {_line(err, url)}"
-        ) from err
     except psycopg.Error as err:
+        if _is_connection_error(err):
+            raise _unavailable(err, url) from err
         raise DatabaseError(f"changeset failed: {_line(err, url)}", err.sqlstate) from err
+
+
+def _is_connection_error(err: psycopg.Error) -> bool:
+    """As udx.db.engine.is_connection_error judges the same driver error."""
+    import psycopg
+
+    if is_connection_sqlstate(err.sqlstate):
+        return True
+    if isinstance(err, psycopg.OperationalError):
+        text = str(err).lower()
+        return any(s in text for s in CONNECTION_LOST_TEXT)
+    return False
+
+
+def _unavailable(err: BaseException, url: str) -> DatabaseUnavailable:
+    """The error udx.db.engine.Database.translate gives for a lost connection."""
+    return DatabaseUnavailable(
+        f"cannot reach the database {mask_secrets(url, url)}: {_line(err, url)}"
+    )
 
 
 def _line(err: BaseException, url: str) -> str:

@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
-from udx.db.urls import check_url_authority, mask_secrets, normalize_url
+from udx.db.urls import (
+    CONNECTION_LOST_TEXT,
+    check_url_authority,
+    is_connection_sqlstate,
+    mask_secrets,
+    normalize_url,
+)
 from udx.domain.errors import (
     BadInput,
     DatabaseBusy,
@@ -74,26 +80,11 @@ def is_not_a_database(err: BaseException) -> bool:
 def is_connection_error(err: BaseException) -> bool:
     if isinstance(err, exc.DBAPIError) and err.connection_invalidated:
         return True
-    state = _sqlstate(err) or ""
-    if state.startswith("08") or state in {"57P01", "57P02", "57P03"}:
+    if is_connection_sqlstate(_sqlstate(err)):
         return True
     if isinstance(err, exc.OperationalError):
         text = str(err).lower()
-        return any(
-            s in text
-            for s in (
-                "connection refused",
-                "could not connect",
-                "connection failed",
-                "server closed the connection",
-                "unable to open database",
-                "terminating connection",
-                "no such host",
-                "name or service not known",
-                "connection timeout",
-                "timeout expired",
-            )
-        )
+        return any(s in text for s in CONNECTION_LOST_TEXT)
     return False
 
 

@@ -109,3 +109,25 @@ def mask_secrets(text: str, url: str | None) -> str:
         if len(secret) >= 4:
             out = out.replace(secret, "***")
     return out
+
+
+# Driver messages that mean the database could not be reached or the connection
+# was lost (shared by udx.db.engine and the SQLAlchemy-free changeset path).
+CONNECTION_LOST_TEXT = (
+    "connection refused",
+    "could not connect",
+    "connection failed",
+    "server closed the connection",
+    "unable to open database",
+    "terminating connection",
+    "no such host",
+    "name or service not known",
+    "connection timeout",
+    "timeout expired",
+)
+
+
+def is_connection_sqlstate(sqlstate: str | None) -> bool:
+    """Class 08 (connection exception) and the server shutting down (57P01-57P03)."""
+    state = sqlstate or ""
+    return state.startswith("08") or state in {"57P01", "57P02", "57P03"}
