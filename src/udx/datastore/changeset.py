@@ -292,8 +292,6 @@ def _json_texts(conn: Connection, q: Select[Any]) -> Iterator[str]:
         yield from (r[0] for r in rows)
 
 
-
-
 def preview_fields(conn: Connection) -> list[tuple[str, Stream]]:
     """The fields of `preview(conn).to_json(include_would_mark=True)` on any engine,
     each list of dicts read while it is written: one statement per list, run in the

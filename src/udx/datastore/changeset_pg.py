@@ -32,13 +32,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 from udx.datastore.changeset_pg_sql import STATEMENTS
 from udx.db.migrate import SCHEMA_HEAD
 from udx.db.urls import (
-    CONNECTION_LOST_TEXT,
     check_url_authority,
-    is_connection_sqlstate,
+    looks_like_lost_connection,
     mask_secrets,
     normalize_url,
 )
-from udx.domain.errors import DatabaseError, DatabaseUnavailable
+from udx.domain.errors import BadInput, DatabaseError, DatabaseUnavailable
 from udx.jsonstream import Stream, ascii_only, write_json
 
 if TYPE_CHECKING:
@@ -61,8 +60,6 @@ def conninfo_for(url: str) -> str | None:
     differently from libpq); a host or database name with a `%` (libpq decodes
     it, SQLAlchemy does not: they could name two databases) or several hosts; a
     URL SQLAlchemy's path refuses (it then says why)."""
-    from udx.domain.errors import BadInput
-
     url = normalize_url(url)
     if not url.startswith(_SCHEME) or "?" in url:
         return None
@@ -149,12 +146,8 @@ def _is_connection_error(err: psycopg.Error) -> bool:
     """As udx.db.engine.is_connection_error judges the same driver error."""
     import psycopg
 
-    if is_connection_sqlstate(err.sqlstate):
-        return True
-    if isinstance(err, psycopg.OperationalError):
-        text = str(err).lower()
-        return any(s in text for s in CONNECTION_LOST_TEXT)
-    return False
+    text = str(err) if isinstance(err, psycopg.OperationalError) else None
+    return looks_like_lost_connection(err.sqlstate, text)
 
 
 def _unavailable(err: BaseException, url: str) -> DatabaseUnavailable:

@@ -20,9 +20,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
 from udx.db.urls import (
-    CONNECTION_LOST_TEXT,
     check_url_authority,
-    is_connection_sqlstate,
+    looks_like_lost_connection,
     mask_secrets,
     normalize_url,
 )
@@ -80,12 +79,8 @@ def is_not_a_database(err: BaseException) -> bool:
 def is_connection_error(err: BaseException) -> bool:
     if isinstance(err, exc.DBAPIError) and err.connection_invalidated:
         return True
-    if is_connection_sqlstate(_sqlstate(err)):
-        return True
-    if isinstance(err, exc.OperationalError):
-        text = str(err).lower()
-        return any(s in text for s in CONNECTION_LOST_TEXT)
-    return False
+    text = str(err) if isinstance(err, exc.OperationalError) else None
+    return looks_like_lost_connection(_sqlstate(err), text)
 
 
 class Database:

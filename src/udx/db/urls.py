@@ -112,8 +112,8 @@ def mask_secrets(text: str, url: str | None) -> str:
 
 
 # Driver messages that mean the database could not be reached or the connection
-# was lost (shared by udx.db.engine and the SQLAlchemy-free changeset path).
-CONNECTION_LOST_TEXT = (
+# was lost.
+_CONNECTION_LOST_TEXT = (
     "connection refused",
     "could not connect",
     "connection failed",
@@ -127,7 +127,13 @@ CONNECTION_LOST_TEXT = (
 )
 
 
-def is_connection_sqlstate(sqlstate: str | None) -> bool:
-    """Class 08 (connection exception) and the server shutting down (57P01-57P03)."""
+def looks_like_lost_connection(sqlstate: str | None, operational_text: str | None) -> bool:
+    """Whether a driver error means the database is unreachable or the connection
+    was lost: SQLSTATE class 08 or the server shutting down (57P01-57P03), or an
+    OperationalError (`operational_text`: its message; None for other errors)
+    saying so. Shared by udx.db.engine and the SQLAlchemy-free changeset path."""
     state = sqlstate or ""
-    return state.startswith("08") or state in {"57P01", "57P02", "57P03"}
+    if state.startswith("08") or state in {"57P01", "57P02", "57P03"}:
+        return True
+    text = (operational_text or "").lower()
+    return any(s in text for s in _CONNECTION_LOST_TEXT)
