@@ -31,6 +31,12 @@ third measurement runs both together, pgbench and the attach client side by
 side for --secs: "both at once" is the smaller of their two rates then, and
 udx's ratio to it is reported too. (Not on SQLite, whose bound runs in this
 process's threads and would share the attach client's GIL.)
+- Python floor (PostgreSQL): the minimal SQL (statement by statement, through
+  psycopg, as udx's driver sends it) and the attach (httpx), done back to back
+  by a tight loop per thread for --secs, in as many processes as udx's pass
+  uses and then in one: what Python with udx's libraries does here before
+  anything udx adds (its saga log, fences, checks, error handling). An export
+  in udx runs 13 statements in 17 round trips; the floor 9 in 14.
 Goal (issue 13): at least 0.6 at concurrency 4, on PostgreSQL and on SQLite.
 Numbers taken on a loaded machine are noise: run it on a quiet one.
 """
@@ -40,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import random
 import re
 import shutil
@@ -194,6 +201,163 @@ def pantry_bound(addresses: list[str], request: dict[str, Any], clients: int, se
     if errors:
         raise SystemExit(f"pantry bound: {errors[0]}")
     return sum(done) / wall
+
+
+# The same minimal SQL as psycopg sends it (BEGIN and COMMIT are round trips of
+# their own, statements are prepared after a few runs), for the Python floor.
+PY_FIRST = [
+    "INSERT INTO saga (id, creator, time_created, name, params, saga_state, current_sec, "
+    "adopt_generation, adopt_time, lease_expires) VALUES (%(sid)s, %(sid)s, now(), "
+    "'export-create', %(params)s, 'running', %(sid)s, 1, now(), now() + interval '30 seconds')",
+    "INSERT INTO user_data_export (id, state, operating_saga_id, generation, resource_id, "
+    "resource_type, resource_deleted) "
+    "VALUES (%(eid)s, 'assigning', %(lock)s, 2, %(rid)s, 'snapshot', false)",
+    "INSERT INTO volume (id, time_created, time_modified, rcgen, data) "
+    "SELECT %(vid)s, now(), now(), 1, data FROM volume WHERE id = %(src)s",
+    "SELECT count(*) FROM region_snapshot WHERE snapshot_addr = ANY (%(addrs)s)",
+    "INSERT INTO volume_resource_usage (usage_id, volume_id, usage_type, region_id, "
+    "region_snapshot_dataset_id, region_snapshot_region_id, region_snapshot_snapshot_id) "
+    "SELECT gen_random_uuid(), %(vid)s, usage_type, region_id, region_snapshot_dataset_id, "
+    "region_snapshot_region_id, region_snapshot_snapshot_id "
+    "FROM volume_resource_usage WHERE volume_id = %(src)s",
+    "INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) "
+    "VALUES (%(sid)s, 'generate_ids', 'succeeded', '{}', now(), %(sid)s), "
+    "(%(sid)s, 'read_generation', 'succeeded', '{}', now(), %(sid)s), "
+    "(%(sid)s, 'lock', 'succeeded', NULL, now(), %(sid)s), "
+    "(%(sid)s, 'copy_volume', 'succeeded', '{}', now(), %(sid)s), "
+    "(%(sid)s, 'pick_pantry', 'succeeded', %(pantry)s, now(), %(sid)s), "
+    "(%(sid)s, 'attach', 'started', NULL, now(), %(sid)s)",
+]
+PY_SECOND = [
+    "INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) "
+    "VALUES (%(sid)s, 'attach', 'succeeded', NULL, now(), %(sid)s), "
+    "(%(sid)s, 'go_live', 'succeeded', NULL, now(), %(sid)s)",
+    "UPDATE user_data_export SET state = 'live', operating_saga_id = NULL, "
+    "pantry_ip = %(ip)s, pantry_port = %(port)s, volume_id = %(vid)s "
+    "WHERE id = %(eid)s AND operating_saga_id = %(lock)s",
+    "UPDATE saga SET saga_state = 'done', outcome = 'succeeded', lease_expires = NULL "
+    "WHERE id = %(sid)s",
+]
+
+
+def _python_floor_process(
+    url: str,
+    sources: list[tuple[str, list[str]]],
+    addresses: list[str],
+    request: dict[str, Any],
+    threads: int,
+    secs: float,
+    seed: int,
+    out: Any,
+) -> None:
+    """One process of the Python floor: `threads` threads, each with its own
+    psycopg connection and httpx client, doing exports back to back for `secs`;
+    puts (exports, wall) on `out`, or ("error", text)."""
+    import httpx
+    import psycopg
+
+    from udx.datastore.volumes import copy_request
+
+    done = [0] * threads
+    errors: list[str] = []
+    stop = time.perf_counter() + secs
+
+    def worker(i: int) -> None:
+        rng = random.Random(seed * 1000 + i)
+        n = 0
+        try:
+            with psycopg.connect(url) as conn, httpx.Client(timeout=10, trust_env=False) as http:
+                while time.perf_counter() < stop:
+                    src, addrs = sources[rng.randrange(len(sources))]
+                    address = addresses[rng.randrange(len(addresses))]
+                    ip, _, port = address.rpartition(":")
+                    eid, vid = uuid.uuid4(), uuid.uuid4()
+                    args = {
+                        "sid": uuid.uuid4(), "eid": eid, "vid": vid, "lock": uuid.uuid4(),
+                        "rid": uuid.uuid4(), "src": src, "addrs": addrs,
+                        "params": json.dumps({"export_id": str(eid)}),
+                        "pantry": json.dumps(address), "ip": ip, "port": int(port),
+                    }  # fmt: skip
+                    with conn.transaction():
+                        for stmt in PY_FIRST:
+                            conn.execute(stmt, args)
+                    body = {"volume_construction_request": copy_request(request, vid)}
+                    url_ = f"http://{address}/crucible/pantry/0/volume/{vid}"
+                    http.post(url_, json=body).raise_for_status()
+                    with conn.transaction():
+                        for stmt in PY_SECOND:
+                            conn.execute(stmt, args)
+                    n += 1
+        except Exception as err:  # reported, not raised: the parent says what failed
+            errors.append(f"{type(err).__name__}: {err}")
+        done[i] = n
+
+    wall = run_threads(worker, threads)
+    out.put(("error", errors[0]) if errors else (sum(done), wall))
+
+
+def python_floor(
+    cluster: Any,
+    dbname: str,
+    addresses: list[str],
+    request: dict[str, Any],
+    clients: int,
+    processes: int,
+    secs: float,
+) -> float:
+    """Exports per second of the minimal SQL and the attach done back to back by
+    the tightest Python I could write with udx's libraries (psycopg, httpx), in
+    `processes` processes sharing `clients` threads, as udx's workers would:
+    what any Python implementation of an export can do here, before it keeps a
+    saga log of its own, checks a fence or handles an error."""
+    import multiprocessing
+
+    from sqlalchemy import select
+
+    from udx.db.engine import open_database
+    from udx.db.schema import snapshot, volume
+
+    db = open_database(cluster.url(dbname))
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(volume.c.id, volume.c.data)
+            .join(snapshot, snapshot.c.volume_id == volume.c.id)
+            .limit(SOURCES)
+        ).all()
+    db.dispose()
+    sources = [(str(vid), _targets(data)) for vid, data in rows]
+    url = cluster.url(dbname).replace("+psycopg", "")
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    split = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    procs = [
+        ctx.Process(
+            target=_python_floor_process,
+            args=(url, sources, addresses, request, t, secs, i, out),
+        )
+        for i, t in enumerate(split)
+        if t
+    ]
+    for p in procs:
+        p.start()
+    results: list[tuple[Any, Any]] = []
+    give_up = time.monotonic() + secs + 120
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > give_up:
+                for p in procs:
+                    p.terminate()
+                why = f"exit code {dead[0].exitcode}" if dead else "no result in time"
+                raise SystemExit(f"python floor: a process failed ({why})") from None
+    for p in procs:
+        p.join()
+    failed = [r[1] for r in results if r[0] == "error"]
+    if failed:
+        raise SystemExit(f"python floor: {failed[0]}")
+    return sum(n for n, _ in results) / max(w for _, w in results)
 
 
 # The same minimal SQL for SQLite (text ids and times, as udx stores them).
@@ -397,6 +561,27 @@ def main() -> None:
         cluster.admin(f"DROP DATABASE {dbname}")
         return out["db"], p
 
+    def floors(cluster: Any, c: int, request: dict[str, Any]) -> tuple[float, float]:
+        """The Python floor in as many processes as udx's pass uses, then in one."""
+        from udx.pass_workers import MAX_AUTO_PROCESSES, MIN_SAGAS_PER_PROCESS
+
+        processes = max(
+            1, min(os.cpu_count() or 1, MAX_AUTO_PROCESSES, n // MIN_SAGAS_PER_PROCESS, c)
+        )
+        rates = []
+        for p in (processes, 1):
+            dbname = f"limit_floor_c{c}_p{p}"
+            cluster.admin(f"CREATE DATABASE {dbname} TEMPLATE pass_template")
+            pantries.start(f"floor-c{c}-p{p}")
+            try:
+                rates.append(
+                    python_floor(cluster, dbname, pantries.addresses, request, c, p, secs)
+                )
+            finally:
+                pantries.stop()
+            cluster.admin(f"DROP DATABASE {dbname}")
+        return rates[0], rates[1]
+
     def record(
         engine: str,
         c: int,
@@ -405,6 +590,7 @@ def main() -> None:
         timed: dict[str, Any],
         one_process: dict[str, Any],
         both: tuple[float, float] | None = None,
+        floor: tuple[float, float] | None = None,
     ) -> None:
         bound = min(db_rate, p_rate)
         entry = {
@@ -424,6 +610,13 @@ def main() -> None:
                 "pantry_exports_per_s": both[1],
                 "bound_exports_per_s": min(both),
                 "ratio": timed["exports_per_s"] / min(both),
+            }
+        if floor is not None:
+            entry["python_floor"] = {
+                "exports_per_s": floor[0],
+                "ratio": timed["exports_per_s"] / floor[0],
+                "one_process_exports_per_s": floor[1],
+                "ratio_one_process": one_process["exports_per_s"] / floor[1],
             }
         results.append(entry)
         print(
@@ -450,6 +643,7 @@ def main() -> None:
                     cluster.admin(f"DROP DATABASE {dbname}")
                     p_rate = pantry_rate(c, request)
                     both = both_at_once(cluster, c, request)
+                    floor = floors(cluster, c, request)
                     runs = {}
                     for processes in (None, 1):  # the default (worker processes), then one
                         pantries.start(f"udx-c{c}-p{processes}")
@@ -460,7 +654,7 @@ def main() -> None:
                             )
                         finally:
                             pantries.stop()
-                    record("postgresql", c, db_tps, p_rate, runs[None], runs[1], both)
+                    record("postgresql", c, db_tps, p_rate, runs[None], runs[1], both, floor)
             finally:
                 cluster.stop()
         if "sqlite" in engines:
@@ -485,6 +679,7 @@ def main() -> None:
         [
             "engine", "concurrency", "db bound/s", "pantry bound/s", "bound/s", "udx/s", "ratio",
             "one process/s", "ratio", "both at once/s", "ratio to it",
+            "python floor/s", "ratio to it", "floor, one process/s", "ratio to it",
         ],
         [
             [
@@ -499,6 +694,16 @@ def main() -> None:
                 e["ratio_one_process"],
                 e["both_at_once"]["bound_exports_per_s"] if "both_at_once" in e else "-",
                 e["both_at_once"]["ratio"] if "both_at_once" in e else "-",
+                *(
+                    [
+                        e["python_floor"]["exports_per_s"],
+                        e["python_floor"]["ratio"],
+                        e["python_floor"]["one_process_exports_per_s"],
+                        e["python_floor"]["ratio_one_process"],
+                    ]
+                    if "python_floor" in e
+                    else ["-"] * 4
+                ),
             ]
             for e in results
         ],

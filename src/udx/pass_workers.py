@@ -214,6 +214,7 @@ def run_jobs(
     next_index = 0
     started = 0
     start_failures: list[str] = []
+    spawned_at = time.monotonic()
 
     def more_to_start(stop: _Stop) -> bool:
         if next_index >= len(jobs) or started >= budget or stop.requested:
@@ -255,6 +256,11 @@ def run_jobs(
             finished(index, SagaResult(uuid.UUID(fields[0]), *fields[1:]))
         elif kind == "ready":
             worker.ready = True
+            log.debug(
+                "saga worker process %d ready after %.2f s",
+                worker.process.pid,
+                time.monotonic() - spawned_at,
+            )
         elif kind == "failed":  # it could not start: it exits next
             start_failures.append(message[1])
         elif kind == "log":
