@@ -36,7 +36,7 @@ process's threads and would share the attach client's GIL.)
   by a tight loop per thread for --secs, in as many processes as udx's pass
   uses and then in one: what Python with udx's libraries does here before
   anything udx adds (its saga log, fences, checks, error handling). An export
-  in udx runs 13 statements in 17 round trips; the floor 9 in 14.
+  in udx runs 13 statements in 17 round trips; the floor 9 in 13.
 Goal (issue 13): at least 0.6 at concurrency 4, on PostgreSQL and on SQLite.
 Numbers taken on a loaded machine are noise: run it on a quiet one.
 """
