@@ -306,9 +306,9 @@ def python_floor(
     secs: float,
 ) -> float:
     """Exports per second of the minimal SQL and the attach done back to back by
-    the tightest Python I could write with udx's libraries (psycopg, httpx), in
-    `processes` processes sharing `clients` threads, as udx's workers would:
-    what any Python implementation of an export can do here, before it keeps a
+    a tight loop with udx's libraries (psycopg, httpx), in `processes` processes
+    sharing `clients` threads, as udx's workers would: about what a Python
+    program sending these statements one by one can do here before it keeps a
     saga log of its own, checks a fence or handles an error."""
     import multiprocessing
 
@@ -563,12 +563,10 @@ def main() -> None:
 
     def floors(cluster: Any, c: int, request: dict[str, Any]) -> tuple[float, float]:
         """The Python floor in as many processes as udx's pass uses, then in one."""
-        from udx.pass_workers import MAX_AUTO_PROCESSES, MIN_SAGAS_PER_PROCESS
+        from udx.pass_workers import processes_for
 
-        processes = max(
-            1, min(os.cpu_count() or 1, MAX_AUTO_PROCESSES, n // MIN_SAGAS_PER_PROCESS, c)
-        )
         rates = []
+        processes = processes_for(n, c)
         for p in (processes, 1):
             dbname = f"limit_floor_c{c}_p{p}"
             cluster.admin(f"CREATE DATABASE {dbname} TEMPLATE pass_template")

@@ -105,8 +105,14 @@ class WorkerSpec:
 
     def processes_for(self, sagas: int) -> int:
         """Processes for a pass that starts `sagas` sagas; 1: run them in this one."""
-        wanted = self.processes or min(os.cpu_count() or 1, MAX_AUTO_PROCESSES)
-        return max(1, min(wanted, sagas // MIN_SAGAS_PER_PROCESS, self.threads))
+        return processes_for(sagas, self.threads, self.processes)
+
+
+def processes_for(sagas: int, threads: int, asked: int = 0) -> int:
+    """Processes for `sagas` sagas at most `threads` at once, `asked` of them (0:
+    one per core, at most MAX_AUTO_PROCESSES); 1: run them in this process."""
+    wanted = asked or min(os.cpu_count() or 1, MAX_AUTO_PROCESSES)
+    return max(1, min(wanted, sagas // MIN_SAGAS_PER_PROCESS, threads))
 
 
 def run_job(executor: SagaExecutor, job: Job) -> SagaResult:

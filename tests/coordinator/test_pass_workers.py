@@ -249,6 +249,10 @@ def test_when_workers_are_used():
     assert spec.processes_for(250) == min(cores, 2)
     three = WorkerSpec("postgresql+psycopg://u@h/d", "SERIALIZABLE", 30.0, Settings(), 3, 2)
     assert three.processes_for(10_000) == 2  # never more processes than sagas at once
+    # The function behind it (bench/limit.py's Python floor asks it too).
+    assert pass_workers.processes_for(10_000, 8) == cores
+    assert pass_workers.processes_for(10_000, 2, 3) == 2
+    assert pass_workers.processes_for(150, 8, 4) == 1
 
 
 def test_sqlite_runs_in_one_process_unless_asked(tmp_path):
