@@ -111,24 +111,32 @@ COMMIT;
 """
 
 
-def prepare_database_bound(cluster: Any, dbname: str) -> int:
-    """A copy of the template plus `bench_source`: seeded snapshot volumes and the
-    read-only target addresses a copy of each resolves (its usage rows are copied
-    from the source's, as the copy node writes one per resolved target)."""
+def _snapshot_volumes(conn: Any) -> list[Any]:
+    """(id, data) of up to SOURCES snapshot volumes: what the bounds copy from."""
     from sqlalchemy import select
 
-    from udx.datastore.volumes import read_only_targets
-    from udx.db.engine import open_database
     from udx.db.schema import snapshot, volume
 
-    cluster.admin(f"CREATE DATABASE {dbname} TEMPLATE pass_template")
-    db = open_database(cluster.url(dbname))
-    with db.begin() as conn:
-        rows = conn.execute(
+    return list(
+        conn.execute(
             select(volume.c.id, volume.c.data)
             .join(snapshot, snapshot.c.volume_id == volume.c.id)
             .limit(SOURCES)
         ).all()
+    )
+
+
+def prepare_database_bound(cluster: Any, dbname: str) -> int:
+    """A copy of the template plus `bench_source`: seeded snapshot volumes and the
+    read-only target addresses a copy of each resolves (its usage rows are copied
+    from the source's, as the copy node writes one per resolved target)."""
+    from udx.datastore.volumes import read_only_targets
+    from udx.db.engine import open_database
+
+    cluster.admin(f"CREATE DATABASE {dbname} TEMPLATE pass_template")
+    db = open_database(cluster.url(dbname))
+    with db.begin() as conn:
+        rows = _snapshot_volumes(conn)
         conn.exec_driver_sql(
             "CREATE TABLE bench_source (k int PRIMARY KEY, volume_id uuid NOT NULL, "
             "addrs text NOT NULL)"
@@ -312,18 +320,11 @@ def python_floor(
     saga log of its own, checks a fence or handles an error."""
     import multiprocessing
 
-    from sqlalchemy import select
-
     from udx.db.engine import open_database
-    from udx.db.schema import snapshot, volume
 
     db = open_database(cluster.url(dbname))
     with db.connect() as conn:
-        rows = conn.execute(
-            select(volume.c.id, volume.c.data)
-            .join(snapshot, snapshot.c.volume_id == volume.c.id)
-            .limit(SOURCES)
-        ).all()
+        rows = _snapshot_volumes(conn)
     db.dispose()
     sources = [(str(vid), _targets(data)) for vid, data in rows]
     url = cluster.url(dbname).replace("+psycopg", "")
